@@ -1,0 +1,87 @@
+//! Builds every kernel binary of `kernel-demo/kernel` for `x86_64-unknown-none` and
+//! makes a BIOS disk image of each with the `bootloader` crate.
+//!
+//! The kernels are their own workspace, built by a nested cargo with its own target
+//! directory (`target/kernel`, under `CARGO_TARGET_DIR` when set) and without the host's
+//! `RUSTFLAGS`, so that host tests never compile kernel code for the host. Exports
+//! `KERNEL_IMAGE_DIR` to the runner: it holds `<name>.img` for each kernel binary.
+
+use std::env;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let kernel_dir = manifest_dir.join("../kernel");
+    let workspace = manifest_dir.join("../..");
+    for path in [
+        "../kernel/src",
+        "../kernel/Cargo.toml",
+        "../kernel/Cargo.lock",
+    ] {
+        println!("cargo:rerun-if-changed={path}");
+    }
+    for path in ["src", "Cargo.toml"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(path).display());
+    }
+
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets it"));
+    // A relative CARGO_TARGET_DIR is taken from the workspace root, as cargo does
+    // when run there; `join` keeps an absolute one as it is.
+    let target_dir = workspace
+        .join(env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()))
+        .join("kernel");
+    let profile = "release";
+
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut build = Command::new(cargo);
+    build
+        .current_dir(&kernel_dir)
+        .args([
+            "build",
+            "--bins",
+            "--release",
+            "--target",
+            "x86_64-unknown-none",
+        ])
+        .arg("--target-dir")
+        .arg(&target_dir);
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_BUILD_TARGET",
+        "CARGO_TARGET_DIR",
+    ] {
+        build.env_remove(var);
+    }
+    let status = build
+        .status()
+        .expect("could not start cargo to build the kernels");
+    assert!(status.success(), "building the kernels failed ({status})");
+
+    let bin_dir = target_dir.join("x86_64-unknown-none").join(profile);
+    let image_dir = out_dir.join("images");
+    std::fs::create_dir_all(&image_dir).expect("cannot create the image directory");
+    for name in kernel_names(&kernel_dir.join("src/bin")) {
+        let kernel = bin_dir.join(&name);
+        let image = image_dir.join(format!("{name}.img"));
+        bootloader::BiosBoot::new(&kernel)
+            .create_disk_image(&image)
+            .unwrap_or_else(|e| panic!("disk image for {}: {e:#}", kernel.display()));
+    }
+    println!("cargo:rustc-env=KERNEL_IMAGE_DIR={}", image_dir.display());
+}
+
+/// The kernel binaries: one per file in `src/bin/`.
+fn kernel_names(bin_dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(bin_dir)
+        .expect("kernel-demo/kernel/src/bin is missing")
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            (path.extension()? == "rs").then(|| path.file_stem()?.to_str().map(String::from))?
+        })
+        .collect();
+    names.sort();
+    names
+}
