@@ -1,2 +1,53 @@
-//! spanheap: a span-based heap allocator for x86_64 kernels (being built).
+//! spanheap: a span-based heap allocator for x86_64 kernels, after the Go runtime
+//! allocator (mcache / mcentral / mheap).
+//!
+//! # Using it
+//!
+//! ```no_run
+//! use spanheap::{MemoryRange, SpanHeap};
+//!
+//! #[global_allocator]
+//! static HEAP: SpanHeap = SpanHeap::new();
+//!
+//! fn init_heap(usable: &[(usize, usize)]) {
+//!     for &(start, end) in usable {
+//!         // SAFETY: the bootloader reported these ranges usable and they are mapped.
+//!         if let Err(error) = unsafe { HEAP.add_memory(MemoryRange::new(start, end)) } {
+//!             // e.g. a range too small for its arena's metadata
+//!             let _ = error;
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! # Layers, one module each
+//!
+//! - `size_class`: the pure, table-driven map from `(size, align)` to a size class;
+//! - `heap`: the front end, [`SpanHeap`] and its `GlobalAlloc`;
+//! - `central`: one spin-locked central per class, fuller spans first;
+//! - `span`: span descriptors, object bitmaps and alloc caches;
+//! - `page_heap`: arenas in address order, first-fit page runs, the arena index;
+//! - `arena`: one window's metadata: span map, page bitmap, descriptor slabs;
+//! - `page_bitmap`: the bitmap with free-run summaries (Go's `pageAlloc`);
+//! - `range`: memory intake and configuration; `bootinfo`: the `bootloader_api` adapter;
+//! - `stats`: the balanced snapshot.
+//!
+//! The crate is `no_std` and builds on stable Rust for `x86_64-unknown-none`.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
+
+mod arena;
+#[cfg(feature = "bootloader")]
+pub mod bootinfo;
+mod central;
+mod heap;
+mod page_bitmap;
+mod page_heap;
+mod range;
+pub mod size_class;
+mod span;
+mod stats;
+
+pub use heap::{ErrorHook, FreeError, SpanHeap};
+pub use page_heap::MAX_ARENAS;
+pub use range::{AddMemoryError, Config, InitialContents, MemoryRange};
+pub use stats::{ClassStats, Stats};

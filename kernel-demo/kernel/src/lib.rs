@@ -13,6 +13,10 @@
 //!   (a panic inside `print!`) forces the lock so that the message still gets out.
 #![no_std]
 
+extern crate alloc;
+
+pub mod heap;
+
 pub mod memory_map;
 pub mod qemu;
 pub mod serial;

@@ -1,0 +1,93 @@
+//! The kernels' global allocator: spanheap over the memory the bootloader reports,
+//! and the workload the demo and the heap test run on it.
+
+use alloc::boxed::Box;
+use alloc::collections::BTreeMap;
+use alloc::string::String;
+use alloc::vec::Vec;
+use bootloader_api::BootInfo;
+use core::fmt::Write;
+use spanheap::{bootinfo, SpanHeap};
+
+/// The heap every spanheap kernel allocates from.
+#[global_allocator]
+pub static HEAP: SpanHeap = SpanHeap::new();
+
+/// Gives the bootloader's usable memory to [`HEAP`] and prints what it took.
+pub fn init(boot_info: &BootInfo) {
+    // SAFETY: the kernel takes no frames from usable regions itself, and the
+    // bootloader's physical-memory mapping is never changed.
+    let report = unsafe { bootinfo::add_boot_memory(&HEAP, boot_info) }
+        .expect("the boot config maps physical memory");
+    crate::println!(
+        "heap: {} usable ranges added, {} refused{}",
+        report.added,
+        report.refused,
+        match report.first_error {
+            Some(_) => " (too small for arena metadata)",
+            None => "",
+        }
+    );
+}
+
+/// Results of [`workload`], checked by the heap test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkloadResult {
+    /// Sum of the vector churn's elements.
+    pub vec_sum: u64,
+    /// Entries left in the map.
+    pub map_len: usize,
+    /// Sum of the map's values.
+    pub map_sum: u64,
+    /// Bytes of the strings built.
+    pub string_bytes: usize,
+    /// Boxes checked.
+    pub boxes: usize,
+}
+
+/// Churns `Vec`, `Box`, `BTreeMap` and `String` for `rounds` rounds and checks every
+/// value it reads back.
+pub fn workload(rounds: u64) -> WorkloadResult {
+    let mut vec_sum = 0u64;
+    let mut map: BTreeMap<u64, Box<[u64]>> = BTreeMap::new();
+    let mut string_bytes = 0usize;
+    let mut boxes = 0usize;
+    for round in 0..rounds {
+        // Vectors that grow through every size class and into large objects.
+        let len = 1 + (round * 7919) % 20_000;
+        let v: Vec<u64> = (0..len).map(|i| i ^ round).collect();
+        assert_eq!(v.len() as u64, len);
+        assert!(v.iter().enumerate().all(|(i, x)| *x == i as u64 ^ round));
+        vec_sum = vec_sum.wrapping_add(v.iter().sum::<u64>());
+
+        // Boxes of slices keyed in a map; remove older ones so the set churns.
+        let key = (round * 2654435761) % 512;
+        let slice: Box<[u64]> = (0..(key % 97 + 1)).map(|i| i + key).collect();
+        if let Some(old) = map.insert(key, slice) {
+            assert!(old.iter().enumerate().all(|(i, x)| *x == i as u64 + key));
+            boxes += 1;
+        }
+        if round % 3 == 0 {
+            let remove = (round * 40503) % 512;
+            if let Some(old) = map.remove(&remove) {
+                assert!(old.iter().enumerate().all(|(i, x)| *x == i as u64 + remove));
+                boxes += 1;
+            }
+        }
+
+        // Strings grown by formatting.
+        let mut s = String::new();
+        for i in 0..(round % 50) {
+            let _ = write!(s, "{i}:{round};");
+        }
+        string_bytes += s.len();
+    }
+    let map_sum = map.values().flat_map(|b| b.iter()).sum();
+    WorkloadResult {
+        vec_sum,
+        map_len: map.len(),
+        map_sum,
+        string_bytes,
+        boxes,
+    }
+}

@@ -1,0 +1,37 @@
+//! QEMU tests of spanheap as a kernel's global allocator.
+
+use spanheap_runner::{run, Options};
+use std::time::Duration;
+
+#[test]
+fn heap_workload_runs_and_stats_balance() {
+    let options = Options {
+        cpus: 1,
+        timeout: Duration::from_secs(240),
+        ..Options::default()
+    };
+    let output = match run("test_heap", &options) {
+        Ok(done) => done.output,
+        Err(failure) => panic!("{failure}"),
+    };
+    assert!(output.contains("heap test ok"), "output:\n{output}");
+    assert!(
+        output.contains("stats balance: ok; in use after drop: 0 bytes"),
+        "output:\n{output}"
+    );
+    assert!(
+        output.contains("balance: managed "),
+        "the stats table is printed:\n{output}"
+    );
+    let added = output
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("heap: ")?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .expect("the heap reports the ranges it took");
+    assert!(added >= 1, "output:\n{output}");
+}

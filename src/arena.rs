@@ -1,0 +1,287 @@
+//! Arenas: aligned windows of address space, each with its own metadata carved from
+//! the managed memory inside it.
+//!
+//! An arena covers `pages` pages from `base` (aligned to the arena size). Its metadata
+//! sits in one block at the start of the first usable range the heap received inside
+//! the window:
+//!
+//! ```text
+//! [ Arena header | span map: u32 per page | usable bits | dirty bits | PageBitmap ]
+//! ```
+//!
+//! - the **span map** gives, for each page, the descriptor of the span the page
+//!   belongs to (every page of a small span, the first page of a large or pages span;
+//!   0 elsewhere), encoded as `(descriptor offset from base) / 16 + 1`;
+//! - **usable bits**: the page was handed to the heap (`add_memory`); used to refuse
+//!   overlapping ranges;
+//! - **dirty bits**: the page may hold non-zero bytes (handed out at least once, or
+//!   its initial contents are unknown); `alloc_zeroed` clears only dirty pages;
+//! - the **page bitmap** with free-run summaries (see `page_bitmap`).
+//!
+//! Span descriptors come from slabs of whole pages of the arena (a fixed-size
+//! allocator: free list, then bump); slab pages are metadata and are never returned.
+//!
+//! Everything here runs under the page heap's lock, except [`Arena::span_at`], which
+//! reads the span map with relaxed atomics.
+//!
+//! # Invariants
+//!
+//! - `managed_pages == free pages + pages of live spans + metadata_pages`;
+//! - a page's span-map entry is non-zero exactly when it is a page of a live small
+//!   span, or the first page of a live large or pages span;
+//! - every page outside the usable bits is marked in use in the page bitmap.
+
+use crate::page_bitmap::PageBitmap;
+use crate::size_class::PAGE_SIZE;
+use crate::span::Span;
+use core::mem::size_of;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicU32, Ordering};
+
+/// Bytes per span descriptor slot (descriptors are 16-aligned in their slabs).
+const DESCRIPTOR_BYTES: usize = size_of::<Span>().next_multiple_of(16);
+
+/// The metadata of one arena.
+pub(crate) struct Arena {
+    /// First address of the window.
+    pub(crate) base: usize,
+    /// Pages in the window.
+    pub(crate) pages: usize,
+    /// Page bitmap with summaries: 1 = in use or unavailable.
+    pub(crate) bitmap: PageBitmap,
+    span_map: NonNull<AtomicU32>,
+    usable: NonNull<u64>,
+    dirty: NonNull<u64>,
+    descriptor_free: *mut Span,
+    descriptor_bump: usize,
+    descriptor_end: usize,
+    /// Pages handed to the heap inside this window.
+    pub(crate) managed_pages: usize,
+    /// Pages used by metadata: this block and descriptor slabs.
+    pub(crate) metadata_pages: usize,
+    /// Descriptors in use.
+    pub(crate) descriptors: usize,
+}
+
+/// The parts of an arena's metadata block, as byte offsets from its start.
+struct Layout {
+    span_map: usize,
+    usable: usize,
+    dirty: usize,
+    bitmap: usize,
+    total: usize,
+}
+
+impl Layout {
+    const fn of(pages: usize) -> Self {
+        let span_map = size_of::<Arena>().next_multiple_of(64);
+        let usable = span_map + (pages * 4).next_multiple_of(8);
+        let dirty = usable + pages.div_ceil(64) * 8;
+        let bitmap = dirty + pages.div_ceil(64) * 8;
+        let total = bitmap + PageBitmap::metadata_bytes(pages);
+        Self {
+            span_map,
+            usable,
+            dirty,
+            bitmap,
+            total,
+        }
+    }
+}
+
+impl Arena {
+    /// Pages of metadata an arena of `pages` pages needs at creation.
+    pub(crate) const fn metadata_pages_for(pages: usize) -> usize {
+        Layout::of(pages).total.div_ceil(PAGE_SIZE)
+    }
+
+    /// Creates the arena of the window at `base` with its metadata block at `at`.
+    /// Every page starts unavailable; [`Arena::add_pages`] makes pages usable, and
+    /// the metadata pages are accounted as managed and in use.
+    ///
+    /// # Safety
+    ///
+    /// 1. `at` is page-aligned, inside the window, and the `metadata_pages_for(pages)`
+    ///    pages from `at` are usable memory owned by the heap and unused;
+    /// 2. `base` is aligned to `pages * PAGE_SIZE`.
+    pub(crate) unsafe fn create(base: usize, pages: usize, at: usize) -> NonNull<Arena> {
+        let layout = Layout::of(pages);
+        let block = at as *mut u8;
+        // SAFETY: by (1) the block is writable and exclusively ours; zeroing it
+        // initialises the span map (no spans), usable and dirty bits (none).
+        unsafe { ptr::write_bytes(block, 0, layout.total) };
+        // SAFETY: the bitmap storage lies inside the block, 8-aligned (Layout offsets
+        // are multiples of 8 from a page-aligned start), sized by metadata_bytes, and
+        // is owned by this arena from now on.
+        let bitmap =
+            unsafe { PageBitmap::init(NonNull::new_unchecked(block.add(layout.bitmap)), pages) };
+        let offset = |off: usize| {
+            // SAFETY: `off` is inside the block, which starts at a non-null address.
+            unsafe { NonNull::new_unchecked(block.add(off)) }
+        };
+        let arena = Arena {
+            base,
+            pages,
+            bitmap,
+            span_map: offset(layout.span_map).cast(),
+            usable: offset(layout.usable).cast(),
+            dirty: offset(layout.dirty).cast(),
+            descriptor_free: ptr::null_mut(),
+            descriptor_bump: 0,
+            descriptor_end: 0,
+            managed_pages: 0,
+            metadata_pages: 0,
+            descriptors: 0,
+        };
+        let header = block.cast::<Arena>();
+        // SAFETY: the header is at the page-aligned start of the block, which is large
+        // enough (Layout puts the span map after it).
+        unsafe { header.write(arena) };
+        // SAFETY: just written; non-null as `at` is a page of the window.
+        let mut arena = unsafe { NonNull::new_unchecked(header) };
+        let meta = Self::metadata_pages_for(pages);
+        // SAFETY: we hold the only reference to the new header.
+        let a = unsafe { arena.as_mut() };
+        let first = (at - base) / PAGE_SIZE;
+        a.set_usable(first, meta);
+        a.managed_pages = meta;
+        a.metadata_pages = meta;
+        arena
+    }
+
+    /// One past the last address of the window.
+    pub(crate) fn end(&self) -> usize {
+        self.base + self.pages * PAGE_SIZE
+    }
+
+    /// The page index of `addr` inside the window.
+    pub(crate) fn page_of(&self, addr: usize) -> usize {
+        (addr - self.base) / PAGE_SIZE
+    }
+
+    /// The address of page `page`.
+    pub(crate) fn addr_of(&self, page: usize) -> usize {
+        self.base + page * PAGE_SIZE
+    }
+
+    fn set_bits(ptr: NonNull<u64>, first: usize, n: usize) {
+        let words = ptr.as_ptr();
+        for page in first..first + n {
+            // SAFETY: `page` < self.pages (callers pass ranges inside the window), so
+            // the word is inside the bit array the Layout reserved.
+            unsafe { *words.add(page / 64) |= 1 << (page % 64) };
+        }
+    }
+
+    fn any_bit(ptr: NonNull<u64>, first: usize, n: usize) -> bool {
+        // SAFETY: as in `set_bits`: the pages are inside the window.
+        (first..first + n)
+            .any(|page| unsafe { *ptr.as_ptr().add(page / 64) } & (1 << (page % 64)) != 0)
+    }
+
+    fn set_usable(&mut self, first: usize, n: usize) {
+        Self::set_bits(self.usable, first, n);
+    }
+
+    /// `true` when any page of `[first, first + n)` was already handed to the heap.
+    pub(crate) fn overlaps_usable(&self, first: usize, n: usize) -> bool {
+        Self::any_bit(self.usable, first, n)
+    }
+
+    /// Adds the pages `[first, first + n)` of the window to the heap, free.
+    /// `zeroed`: their contents are known to be zero.
+    pub(crate) fn add_pages(&mut self, first: usize, n: usize, zeroed: bool) {
+        debug_assert!(!self.overlaps_usable(first, n));
+        self.set_usable(first, n);
+        if !zeroed {
+            Self::set_bits(self.dirty, first, n);
+        }
+        self.bitmap.free_range(first, n);
+        self.managed_pages += n;
+    }
+
+    /// Takes `n` pages aligned to `align` pages, first fit by address.
+    pub(crate) fn alloc_pages(&mut self, n: usize, align: usize) -> Option<usize> {
+        self.bitmap.alloc(n, align)
+    }
+
+    /// Returns pages to the free pool.
+    pub(crate) fn free_pages(&mut self, first: usize, n: usize) {
+        self.bitmap.free_range(first, n);
+    }
+
+    /// `true` when any page of the run may hold non-zero bytes.
+    pub(crate) fn is_dirty(&self, first: usize, n: usize) -> bool {
+        Self::any_bit(self.dirty, first, n)
+    }
+
+    /// Marks the pages dirty: they are about to be handed out.
+    pub(crate) fn mark_dirty(&mut self, first: usize, n: usize) {
+        Self::set_bits(self.dirty, first, n);
+    }
+
+    fn map_entry(&self, page: usize) -> &AtomicU32 {
+        debug_assert!(page < self.pages);
+        // SAFETY: the span map holds one AtomicU32 per page of the window and lives as
+        // long as the arena.
+        unsafe { &*self.span_map.as_ptr().add(page) }
+    }
+
+    /// The span that page `page` belongs to (null if none is recorded there).
+    pub(crate) fn span_at(&self, page: usize) -> *mut Span {
+        match self.map_entry(page).load(Ordering::Relaxed) {
+            0 => ptr::null_mut(),
+            code => (self.base + (code as usize - 1) * 16) as *mut Span,
+        }
+    }
+
+    /// Records `span` (or null) for the pages `[first, first + n)`.
+    pub(crate) fn set_span(&self, first: usize, n: usize, span: *mut Span) {
+        let code = if span.is_null() {
+            0
+        } else {
+            ((span as usize - self.base) / 16 + 1) as u32
+        };
+        for page in first..first + n {
+            self.map_entry(page).store(code, Ordering::Relaxed);
+        }
+    }
+
+    /// A descriptor slot, from the free list or the current slab; takes a new slab
+    /// page from this arena when needed. `None` when the arena has no free page.
+    pub(crate) fn alloc_descriptor(&mut self) -> Option<NonNull<Span>> {
+        let slot = if !self.descriptor_free.is_null() {
+            let slot = self.descriptor_free;
+            // SAFETY: free-list slots are descriptor slots of this arena's slabs,
+            // linked through `next` by `free_descriptor`.
+            self.descriptor_free = unsafe { (*slot).next };
+            slot
+        } else {
+            if self.descriptor_bump + DESCRIPTOR_BYTES > self.descriptor_end {
+                let page = self.bitmap.alloc(1, 1)?;
+                self.metadata_pages += 1;
+                self.descriptor_bump = self.addr_of(page);
+                self.descriptor_end = self.descriptor_bump + PAGE_SIZE;
+            }
+            let slot = self.descriptor_bump as *mut Span;
+            self.descriptor_bump += DESCRIPTOR_BYTES;
+            slot
+        };
+        self.descriptors += 1;
+        NonNull::new(slot)
+    }
+
+    /// Returns a descriptor slot to the free list.
+    ///
+    /// # Safety
+    ///
+    /// `span` came from this arena's [`Arena::alloc_descriptor`], is not on any list
+    /// and is not recorded in the span map.
+    pub(crate) unsafe fn free_descriptor(&mut self, span: NonNull<Span>) {
+        // SAFETY: the slot belongs to this arena's slabs and nobody else uses it
+        // (caller); writing its link keeps it on the free list only.
+        unsafe { (*span.as_ptr()).next = self.descriptor_free };
+        self.descriptor_free = span.as_ptr();
+        self.descriptors -= 1;
+    }
+}

@@ -1,0 +1,259 @@
+//! Centrals: one per size class, the spin-locked lists of that class's spans.
+//!
+//! A central hands out objects from its partial spans, fullest first, so that sparse
+//! spans drain and go back to the page heap; it takes a new span from the page heap
+//! when it has none, and gives a span back when its last object is freed (keeping a
+//! reserve of [`RESERVE_SPANS`] empty spans so that a free/alloc pair at the boundary
+//! does not bounce pages). Full spans are on no list: the span map finds them when an
+//! object is freed.
+//!
+//! Work under the lock is O(objects moved): choosing a span is a `leading_zeros` over
+//! the bucket mask, moving a span between buckets is an unlink and a push.
+//!
+//! May call: `span`, and `page_heap` under the page lock (lock order: central, then
+//! page heap). Called by: the heap front end (and, later, the per-CPU caches, which
+//! move objects in batches).
+//!
+//! # Invariants
+//!
+//! - a span on `partial[b]` has `0 < allocated < objects` and `b == bucket(span)`;
+//!   bit `b` of `nonempty` is set exactly when `partial[b]` is non-empty;
+//! - a span on `reserve` has `allocated == 0`; a full span is on no list;
+//! - `allocated` equals the sum of `allocated` over all the class's spans, and `spans`
+//!   counts them.
+
+use crate::arena::Arena;
+use crate::page_heap::PageHeap;
+use crate::size_class::SizeClass;
+use crate::span::{Span, SpanList, SpanQueue};
+use core::ptr::NonNull;
+use spin::Mutex;
+
+/// Fullness buckets of partial spans: bucket `b` holds spans with
+/// `b / BUCKETS <= allocated / objects < (b + 1) / BUCKETS`.
+const BUCKETS: usize = 4;
+
+/// Empty spans a central keeps instead of returning them to the page heap.
+pub(crate) const RESERVE_SPANS: usize = 1;
+
+/// The lists of one size class.
+pub(crate) struct CentralLists {
+    partial: [SpanQueue; BUCKETS],
+    nonempty: u8,
+    reserve: SpanQueue,
+    /// Objects handed out from this class's spans.
+    pub(crate) allocated: usize,
+    /// Spans of this class (on lists or full).
+    pub(crate) spans: usize,
+}
+
+/// The central of one size class.
+pub(crate) struct Central {
+    lists: Mutex<CentralLists>,
+}
+
+impl Central {
+    /// A central with no spans.
+    pub(crate) const fn new() -> Self {
+        Self {
+            lists: Mutex::new(CentralLists {
+                partial: [const { SpanQueue::new() }; BUCKETS],
+                nonempty: 0,
+                reserve: SpanQueue::new(),
+                allocated: 0,
+                spans: 0,
+            }),
+        }
+    }
+
+    /// Locks this central's lists.
+    pub(crate) fn lock(&self) -> spin::MutexGuard<'_, CentralLists> {
+        self.lists.lock()
+    }
+}
+
+/// An object taken from a central: its address and whether it is known to be zero.
+pub(crate) struct Object {
+    pub(crate) addr: NonNull<u8>,
+    pub(crate) zeroed: bool,
+}
+
+/// What became of a span after an object went back to it.
+pub(crate) enum Released {
+    /// The span still holds objects (or went to the reserve).
+    Kept,
+    /// The span is empty and off every list: give it back to the page heap.
+    Empty(NonNull<Span>),
+}
+
+fn bucket(span: &Span) -> usize {
+    span.allocated as usize * BUCKETS / span.objects as usize
+}
+
+impl CentralLists {
+    /// Takes one object of `class`, from the fullest partial span, the reserve, or a
+    /// new span from `pages` (locked only when a span is needed).
+    pub(crate) fn take(&mut self, class: SizeClass, pages: &Mutex<PageHeap>) -> Option<Object> {
+        let span = match self.nonempty {
+            0 => self.refill_span(class, pages)?,
+            mask => {
+                let b = 7 - mask.leading_zeros() as usize;
+                self.unlink(self.partial[b].head(), b)
+            }
+        };
+        // SAFETY: the span is a live small span of this class, now on no list and so
+        // exclusively ours under the central lock.
+        let s = unsafe { &mut *span.as_ptr() };
+        let (index, zeroed) = s.take_object()?;
+        self.allocated += 1;
+        self.file(span);
+        // SAFETY: an object index of the span gives a non-null address inside it.
+        let addr = unsafe { NonNull::new_unchecked(s.object_addr(index) as *mut u8) };
+        Some(Object { addr, zeroed })
+    }
+
+    /// A span with a free object that is on no list: from the reserve or new.
+    #[cold]
+    fn refill_span(&mut self, class: SizeClass, pages: &Mutex<PageHeap>) -> Option<NonNull<Span>> {
+        let head = self.reserve.head();
+        if let Some(span) = NonNull::new(head) {
+            // SAFETY: `span` is on the reserve list.
+            unsafe { self.reserve.remove(span.as_ptr()) };
+            // SAFETY: a live descriptor, ours under the lock.
+            unsafe { (*span.as_ptr()).list = SpanList::None };
+            return Some(span);
+        }
+        let span = pages.lock().new_small_span(class)?;
+        self.spans += 1;
+        Some(span)
+    }
+
+    fn unlink(&mut self, span: *mut Span, b: usize) -> NonNull<Span> {
+        // SAFETY: `span` is the head of the non-empty partial[b] list.
+        unsafe {
+            self.partial[b].remove(span);
+            (*span).list = SpanList::None;
+        }
+        if self.partial[b].len() == 0 {
+            self.nonempty &= !(1 << b);
+        }
+        // SAFETY: a list head is non-null.
+        unsafe { NonNull::new_unchecked(span) }
+    }
+
+    /// Puts a span that is on no list where its fill level says: a partial bucket,
+    /// or nowhere when full. An empty span is not filed (see [`Self::release`]).
+    fn file(&mut self, span: NonNull<Span>) {
+        // SAFETY: a live small span of this class, on no list, ours under the lock.
+        let s = unsafe { &mut *span.as_ptr() };
+        if s.is_full() || s.allocated == 0 {
+            return;
+        }
+        let b = bucket(s);
+        s.list = SpanList::Partial(b as u8);
+        // SAFETY: the span is on no list.
+        unsafe { self.partial[b].push(span.as_ptr()) };
+        self.nonempty |= 1 << b;
+    }
+
+    /// Returns object `index` to `span` (a span of this class). Moves the span
+    /// between buckets as needed; an empty span goes to the reserve or is handed back
+    /// for the caller to free (outside this central's list, with the lock still held).
+    ///
+    /// # Safety
+    ///
+    /// `span` is a live small span of this class and object `index` of it is
+    /// allocated.
+    pub(crate) unsafe fn put(&mut self, span: NonNull<Span>, index: usize) -> Released {
+        // SAFETY: live span of this class (caller), ours under the central lock.
+        let s = unsafe { &mut *span.as_ptr() };
+        let before = s.list;
+        s.put_object(index);
+        self.allocated -= 1;
+        if let SpanList::Partial(b) = before {
+            if bucket(s) == b as usize && s.allocated != 0 {
+                return Released::Kept;
+            }
+            self.unlink_at(span, b as usize);
+        }
+        if s.allocated != 0 {
+            self.file(span);
+            return Released::Kept;
+        }
+        if self.reserve.len() < RESERVE_SPANS {
+            s.list = SpanList::Reserve;
+            // SAFETY: the span is on no list now.
+            unsafe { self.reserve.push(span.as_ptr()) };
+            return Released::Kept;
+        }
+        self.spans -= 1;
+        Released::Empty(span)
+    }
+
+    fn unlink_at(&mut self, span: NonNull<Span>, b: usize) {
+        // SAFETY: the span is on partial[b] (its `list` says so).
+        unsafe {
+            self.partial[b].remove(span.as_ptr());
+            (*span.as_ptr()).list = SpanList::None;
+        }
+        if self.partial[b].len() == 0 {
+            self.nonempty &= !(1 << b);
+        }
+    }
+
+    /// Gives every reserve span back to the page heap (memory pressure).
+    pub(crate) fn trim(
+        &mut self,
+        pages: &mut PageHeap,
+        arena_of: impl Fn(usize) -> NonNull<Arena>,
+    ) {
+        while let Some(span) = NonNull::new(self.reserve.head()) {
+            // SAFETY: the head of the reserve list; empty, so nothing refers to its
+            // objects; its arena is live.
+            unsafe {
+                self.reserve.remove(span.as_ptr());
+                (*span.as_ptr()).list = SpanList::None;
+                pages.free_span(arena_of(span.as_ref().base), span);
+            }
+            self.spans -= 1;
+        }
+    }
+
+    /// Spans on the lists (partial and reserve), for the invariant walker.
+    pub(crate) fn listed(&self) -> impl Iterator<Item = (*mut Span, SpanList)> + '_ {
+        let partial = self.partial.iter().enumerate().flat_map(|(b, list)| {
+            list.iter()
+                .map(move |span| (span, SpanList::Partial(b as u8)))
+        });
+        partial.chain(self.reserve.iter().map(|span| (span, SpanList::Reserve)))
+    }
+
+    /// Checks the list invariants that need no span walk.
+    pub(crate) fn check(&self) -> Result<(), &'static str> {
+        for (b, list) in self.partial.iter().enumerate() {
+            if (list.len() != 0) != (self.nonempty & (1 << b) != 0) {
+                return Err("central: bucket mask disagrees with the lists");
+            }
+        }
+        for (span, list) in self.listed() {
+            // SAFETY: listed spans are live descriptors, the lock is held (&self of a
+            // locked CentralLists).
+            let s = unsafe { &*span };
+            if s.list != list {
+                return Err("central: span's list tag disagrees with its list");
+            }
+            match list {
+                SpanList::Partial(b)
+                    if s.allocated == 0 || s.is_full() || bucket(s) != b as usize =>
+                {
+                    return Err("central: partial span in the wrong bucket")
+                }
+                SpanList::Reserve if s.allocated != 0 => {
+                    return Err("central: reserve span is not empty")
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}

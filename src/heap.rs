@@ -1,0 +1,884 @@
+//! The heap front end: [`SpanHeap`], its allocation API and its `GlobalAlloc`.
+//!
+//! ```text
+//! allocate(layout)
+//!   class_of(size, align) -> small: Central[class] -> span (bitmap) -> page heap
+//!                         -> none:  large object: a page run from the page heap
+//! deallocate(ptr, layout)
+//!   the same class_of; span_of(ptr) through the arena index and span map (no lock);
+//!   small: Central[class] clears the object's bit; an empty span goes back to the
+//!   page heap; large: its pages go back.
+//! ```
+//!
+//! Nothing here panics or unwinds on a user request: out of memory is `None` (null
+//! through `GlobalAlloc`), and a free the heap can prove wrong (foreign pointer,
+//! interior pointer, wrong layout, double free) is ignored, counted, and reported to
+//! the error hook.
+//!
+//! # Invariants
+//!
+//! - lock order: a central, then the page heap; never the other way round, and never
+//!   two centrals at once, except in [`SpanHeap::stats`] and
+//!   [`SpanHeap::check_invariants`], which take every central in index order first;
+//! - an address handed out belongs to exactly one live span, found by `span_of`.
+
+use crate::arena::Arena;
+use crate::central::{Central, CentralLists, Object, Released};
+use crate::page_heap::{ArenaIndex, PageHeap};
+use crate::range::{AddMemoryError, Config, MemoryRange};
+use crate::size_class::{class_of, SizeClass, NUM_CLASSES, PAGE_SIZE};
+use crate::span::{Span, SpanKind};
+use crate::stats::{ClassStats, Stats};
+use core::alloc::{GlobalAlloc, Layout};
+use core::fmt;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use spin::{Mutex, MutexGuard};
+
+/// A free the heap refused because it can prove it wrong. The memory is left as it
+/// was; nothing else is touched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FreeError {
+    /// The pointer is not inside any span of this heap (foreign, or already freed
+    /// back to the page heap).
+    Foreign {
+        /// The pointer given.
+        ptr: usize,
+    },
+    /// The pointer is inside a span but not at the start of an object.
+    Interior {
+        /// The pointer given.
+        ptr: usize,
+    },
+    /// The layout does not match what the allocation was made with.
+    WrongLayout {
+        /// The pointer given.
+        ptr: usize,
+        /// The layout given.
+        layout: Layout,
+        /// The size the allocation's span serves (its class size or page run).
+        expected_size: usize,
+    },
+    /// The object is not allocated: a double free.
+    DoubleFree {
+        /// The pointer given.
+        ptr: usize,
+    },
+}
+
+impl fmt::Display for FreeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FreeError::Foreign { ptr } => write!(f, "free of {ptr:#x}: not memory of this heap"),
+            FreeError::Interior { ptr } => write!(f, "free of {ptr:#x}: inside an object"),
+            FreeError::WrongLayout { ptr, layout, expected_size } => write!(
+                f,
+                "free of {ptr:#x} with size {} align {}: the allocation serves {expected_size} bytes",
+                layout.size(),
+                layout.align()
+            ),
+            FreeError::DoubleFree { ptr } => write!(f, "free of {ptr:#x}: already free"),
+        }
+    }
+}
+
+/// A function the heap calls with every refused free.
+pub type ErrorHook = fn(&FreeError);
+
+/// The heap. Build it with [`SpanHeap::new`] in a `static`, give it memory with
+/// [`SpanHeap::add_memory`], and use it as the `#[global_allocator]`.
+pub struct SpanHeap {
+    config: Config,
+    arena_shift: u32,
+    index: ArenaIndex,
+    pages: Mutex<PageHeap>,
+    centrals: [Central; NUM_CLASSES],
+    bad_frees: AtomicUsize,
+    error_hook: AtomicUsize,
+    phys_offset: AtomicUsize,
+}
+
+/// `phys_offset` value meaning "no physical mapping known".
+const NO_PHYS_OFFSET: usize = usize::MAX;
+
+impl Default for SpanHeap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SpanHeap {
+    /// A heap with the default configuration ([`Config::DEFAULT`]) and no memory.
+    pub const fn new() -> Self {
+        Self::with_config(Config::DEFAULT)
+    }
+
+    /// A heap with `config` and no memory. An invalid configuration makes every
+    /// `add_memory` fail with [`AddMemoryError::BadConfig`].
+    pub const fn with_config(config: Config) -> Self {
+        Self {
+            config,
+            arena_shift: config.arena_size.trailing_zeros(),
+            index: ArenaIndex::new(),
+            pages: Mutex::new(PageHeap::new()),
+            centrals: [const { Central::new() }; NUM_CLASSES],
+            bad_frees: AtomicUsize::new(0),
+            error_hook: AtomicUsize::new(0),
+            phys_offset: AtomicUsize::new(NO_PHYS_OFFSET),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Adds `range` to the heap: at start-up for each usable range, or later (hot-add).
+    /// The range is trimmed to whole pages; arena metadata for windows that had no
+    /// memory yet is carved from the range itself.
+    ///
+    /// # Errors
+    ///
+    /// An [`AddMemoryError`] when the range holds no whole page, covers the null page,
+    /// overlaps memory already added, cannot hold its arena's metadata, needs more
+    /// than [`MAX_ARENAS`](crate::MAX_ARENAS) arenas, or the configuration is invalid.
+    /// A refused range is not used at all.
+    ///
+    /// # Safety
+    ///
+    /// The memory of `range` is mapped writable, used by nothing else, and stays so for
+    /// as long as the heap is used.
+    pub unsafe fn add_memory(&self, range: MemoryRange) -> Result<(), AddMemoryError> {
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            self.pages
+                .lock()
+                .add_memory(&self.index, &self.config, range)
+        }
+    }
+
+    /// Installs `hook`, called with every refused free (after it is counted).
+    pub fn set_error_hook(&self, hook: ErrorHook) {
+        self.error_hook.store(hook as usize, Ordering::Release);
+    }
+
+    fn report(&self, error: FreeError) {
+        self.bad_frees.fetch_add(1, Ordering::Relaxed);
+        let hook = self.error_hook.load(Ordering::Acquire);
+        if hook != 0 {
+            // SAFETY: a non-zero value was stored by `set_error_hook` from an
+            // `ErrorHook` function pointer.
+            let hook: ErrorHook = unsafe { core::mem::transmute::<usize, ErrorHook>(hook) };
+            hook(&error);
+        }
+    }
+
+    /// The arena and span holding `addr`, found without a lock.
+    fn span_of(&self, addr: usize) -> Option<(NonNull<Arena>, NonNull<Span>)> {
+        let arena = self.index.get(addr >> self.arena_shift)?;
+        // SAFETY: arenas in the index live as long as the heap.
+        let a = unsafe { arena.as_ref() };
+        let span = NonNull::new(a.span_at(a.page_of(addr)))?;
+        Some((arena, span))
+    }
+
+    fn arena_of(&self, addr: usize) -> NonNull<Arena> {
+        self.index
+            .get(addr >> self.arena_shift)
+            .expect("a live span's arena is indexed")
+    }
+
+    /// Allocates memory for `layout`; `None` when the heap has no room.
+    #[inline]
+    pub fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
+        match class_of(layout.size(), layout.align()) {
+            Some(class) => self.take_small(class).map(|object| object.addr),
+            None => self.alloc_large(layout, false),
+        }
+    }
+
+    /// Allocates zeroed memory for `layout`. Memory never handed out since the heap
+    /// received it (with [`InitialContents::Zeroed`](crate::InitialContents)) is not
+    /// cleared again.
+    pub fn allocate_zeroed(&self, layout: Layout) -> Option<NonNull<u8>> {
+        match class_of(layout.size(), layout.align()) {
+            Some(class) => {
+                let object = self.take_small(class)?;
+                if !object.zeroed {
+                    // SAFETY: the object is ours and at least layout.size() bytes.
+                    unsafe { ptr::write_bytes(object.addr.as_ptr(), 0, layout.size()) };
+                }
+                Some(object.addr)
+            }
+            None => self.alloc_large(layout, true),
+        }
+    }
+
+    fn take_small(&self, class: SizeClass) -> Option<Object> {
+        self.centrals[class.index()].lock().take(class, &self.pages)
+    }
+
+    #[cold]
+    fn alloc_large(&self, layout: Layout, zero: bool) -> Option<NonNull<u8>> {
+        let pages = layout.size().max(1).div_ceil(PAGE_SIZE);
+        let align = (layout.align() / PAGE_SIZE).max(1);
+        let arena_pages = self.config.arena_size / PAGE_SIZE;
+        if pages > arena_pages || align > arena_pages {
+            return None;
+        }
+        let new = self
+            .pages
+            .lock()
+            .new_whole_span(pages, align, SpanKind::Large)?;
+        // SAFETY: a live span we just created.
+        let base = unsafe { new.span.as_ref().base };
+        if zero && new.dirty {
+            // SAFETY: the run is ours, `pages` pages from `base`.
+            unsafe { ptr::write_bytes(base as *mut u8, 0, layout.size()) };
+        }
+        NonNull::new(base as *mut u8)
+    }
+
+    /// Frees memory from [`SpanHeap::allocate`]. A free the heap can prove wrong is
+    /// refused and reported (see [`FreeError`]); the memory stays as it was.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` was returned by this heap for `layout` and is not used after this call.
+    pub unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
+        let addr = ptr.as_ptr() as usize;
+        let Some((arena, span)) = self.span_of(addr) else {
+            return self.report(FreeError::Foreign { ptr: addr });
+        };
+        // SAFETY: a span in the map is a live descriptor; its kind, class, base and
+        // size do not change while the object the caller frees is live.
+        let s = unsafe { span.as_ref() };
+        match class_of(layout.size(), layout.align()) {
+            Some(class) => {
+                if s.kind != SpanKind::Small || s.class as usize != class.index() {
+                    let expected_size = s.object_size as usize;
+                    return self.report(FreeError::WrongLayout {
+                        ptr: addr,
+                        layout,
+                        expected_size,
+                    });
+                }
+                let Some(index) = s.object_index(addr) else {
+                    return self.report(FreeError::Interior { ptr: addr });
+                };
+                self.put_small(class, arena, span, index, addr);
+            }
+            None => {
+                if s.kind != SpanKind::Large || s.base != addr {
+                    let expected_size = s.object_size as usize;
+                    return self.report(FreeError::WrongLayout {
+                        ptr: addr,
+                        layout,
+                        expected_size,
+                    });
+                }
+                // SAFETY: a live large span whose object the caller gives up.
+                unsafe { self.pages.lock().free_span(arena, span) };
+            }
+        }
+    }
+
+    fn put_small(
+        &self,
+        class: SizeClass,
+        arena: NonNull<Arena>,
+        span: NonNull<Span>,
+        index: usize,
+        addr: usize,
+    ) {
+        let mut central = self.centrals[class.index()].lock();
+        // SAFETY: the span is a live small span of `class`; its bitmap is read under
+        // the class's central lock.
+        if !unsafe { span.as_ref() }.is_allocated(index) {
+            drop(central);
+            return self.report(FreeError::DoubleFree { ptr: addr });
+        }
+        // SAFETY: a live span of this class with object `index` allocated.
+        if let Released::Empty(span) = unsafe { central.put(span, index) } {
+            // SAFETY: the span is empty and on no list; its arena is `arena`. The
+            // central lock is still held: lock order central -> page heap.
+            unsafe { self.pages.lock().free_span(arena, span) };
+        }
+    }
+
+    /// Resizes the block at `ptr` to `new_size` bytes (same alignment), in place when
+    /// the size class does not change or a large object can shrink or grow into free
+    /// neighbouring pages, else by moving it. `None` leaves the old block untouched.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` was returned by this heap for `layout`, and `new_size`, rounded up to
+    /// `layout.align()`, does not overflow `isize`.
+    pub unsafe fn reallocate(
+        &self,
+        ptr: NonNull<u8>,
+        layout: Layout,
+        new_size: usize,
+    ) -> Option<NonNull<u8>> {
+        let new_layout = Layout::from_size_align(new_size, layout.align()).ok()?;
+        let old_class = class_of(layout.size(), layout.align());
+        let new_class = class_of(new_size, layout.align());
+        match (old_class, new_class) {
+            (Some(old), Some(new)) if old == new => return Some(ptr),
+            (None, None) => {
+                if let Some(moved) = self.resize_large_in_place(ptr, new_size) {
+                    return moved.then_some(ptr);
+                }
+            }
+            _ => {}
+        }
+        let new = self.allocate(new_layout)?;
+        // SAFETY: both blocks are live, distinct, and at least min(old, new) bytes.
+        unsafe {
+            ptr::copy_nonoverlapping(ptr.as_ptr(), new.as_ptr(), layout.size().min(new_size));
+            self.deallocate(ptr, layout);
+        }
+        Some(new)
+    }
+
+    /// `Some(true)`: resized in place; `None`: the caller must move the object.
+    fn resize_large_in_place(&self, ptr: NonNull<u8>, new_size: usize) -> Option<bool> {
+        let addr = ptr.as_ptr() as usize;
+        let (arena, span) = self.span_of(addr)?;
+        // SAFETY: the caller's live large object keeps its span live.
+        let s = unsafe { span.as_ref() };
+        if s.kind != SpanKind::Large || s.base != addr {
+            return None;
+        }
+        let new_pages = new_size.div_ceil(PAGE_SIZE);
+        if new_pages == s.pages as usize {
+            return Some(true);
+        }
+        // SAFETY: a live large span of `arena`.
+        unsafe { self.pages.lock().resize_large(arena, span, new_pages) }.map(|_| true)
+    }
+
+    /// Allocates `count` whole pages aligned to `align` bytes (a power of two; at
+    /// least a page is used), for page tables, DMA buffers and the like. `None` when
+    /// no such run is free.
+    pub fn alloc_pages(&self, count: usize, align: usize) -> Option<NonNull<u8>> {
+        let arena_pages = self.config.arena_size / PAGE_SIZE;
+        let align = (align / PAGE_SIZE).max(1);
+        if count == 0 || count > arena_pages || !align.is_power_of_two() || align > arena_pages {
+            return None;
+        }
+        let new = self
+            .pages
+            .lock()
+            .new_whole_span(count, align, SpanKind::Pages)?;
+        // SAFETY: a live span we just created.
+        NonNull::new(unsafe { new.span.as_ref().base } as *mut u8)
+    }
+
+    /// Frees a run from [`SpanHeap::alloc_pages`]; a wrong pointer or count is refused
+    /// and reported.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` and `count` are those of a live run from this heap, not used after this.
+    pub unsafe fn free_pages(&self, ptr: NonNull<u8>, count: usize) {
+        let addr = ptr.as_ptr() as usize;
+        let Some((arena, span)) = self.span_of(addr) else {
+            return self.report(FreeError::Foreign { ptr: addr });
+        };
+        // SAFETY: a live descriptor (see `deallocate`).
+        let s = unsafe { span.as_ref() };
+        if s.kind != SpanKind::Pages || s.base != addr || s.pages as usize != count {
+            let layout = Layout::from_size_align(count.saturating_mul(PAGE_SIZE), PAGE_SIZE)
+                .unwrap_or(Layout::new::<u8>());
+            return self.report(FreeError::WrongLayout {
+                ptr: addr,
+                layout,
+                expected_size: s.bytes(),
+            });
+        }
+        // SAFETY: a live pages span the caller gives up.
+        unsafe { self.pages.lock().free_span(arena, span) };
+    }
+
+    /// Records that the heap's memory is mapped at `virtual = physical + offset` (the
+    /// bootloader's physical-memory offset), for [`SpanHeap::phys_addr`].
+    pub fn set_phys_offset(&self, offset: usize) {
+        self.phys_offset.store(offset, Ordering::Relaxed);
+    }
+
+    /// The physical address of `ptr` (from [`SpanHeap::alloc_pages`], say), when a
+    /// physical offset was set.
+    pub fn phys_addr(&self, ptr: NonNull<u8>) -> Option<usize> {
+        match self.phys_offset.load(Ordering::Relaxed) {
+            NO_PHYS_OFFSET => None,
+            offset => (ptr.as_ptr() as usize).checked_sub(offset),
+        }
+    }
+
+    /// Gives the centrals' reserve spans back to the page heap.
+    pub fn trim(&self) {
+        for central in &self.centrals {
+            let mut lists = central.lock();
+            let mut pages = self.pages.lock();
+            lists.trim(&mut pages, |addr| self.arena_of(addr));
+        }
+    }
+
+    fn lock_all(
+        &self,
+    ) -> (
+        [MutexGuard<'_, CentralLists>; NUM_CLASSES],
+        MutexGuard<'_, PageHeap>,
+    ) {
+        let centrals = core::array::from_fn(|i| self.centrals[i].lock());
+        (centrals, self.pages.lock())
+    }
+
+    /// A consistent snapshot of the heap's counters (every lock held while reading).
+    pub fn stats(&self) -> Stats {
+        let (centrals, pages) = self.lock_all();
+        self.snapshot(&centrals, &pages)
+    }
+
+    fn snapshot(&self, centrals: &[MutexGuard<'_, CentralLists>], pages: &PageHeap) -> Stats {
+        let mut stats = Stats {
+            bad_frees: self.bad_frees.load(Ordering::Relaxed),
+            large_objects: pages.large_objects,
+            large_bytes: pages.large_pages * PAGE_SIZE,
+            page_run_bytes: pages.run_pages * PAGE_SIZE,
+            free_bytes: pages.free_pages() * PAGE_SIZE,
+            ..Stats::default()
+        };
+        for arena in pages.arenas() {
+            stats.arenas += 1;
+            stats.managed_bytes += arena.managed_pages * PAGE_SIZE;
+            stats.metadata_bytes += arena.metadata_pages * PAGE_SIZE;
+        }
+        for class in SizeClass::all() {
+            let lists = &centrals[class.index()];
+            let c = ClassStats {
+                size: class.size(),
+                objects: lists.allocated,
+                spans: lists.spans,
+                span_bytes: lists.spans * class.pages() * PAGE_SIZE,
+            };
+            stats.small_bytes += c.objects * c.size;
+            stats.span_free_bytes += c.span_bytes - c.objects * c.size;
+            stats.classes[class.index()] = c;
+        }
+        stats.in_use_bytes = stats.small_bytes + stats.large_bytes + stats.page_run_bytes;
+        stats
+    }
+
+    /// Walks every arena, span and central list and checks the invariants of each
+    /// layer. O(pages); for tests and checked builds.
+    ///
+    /// # Errors
+    ///
+    /// A message naming the first invariant found broken.
+    pub fn check_invariants(&self) -> Result<(), &'static str> {
+        let (centrals, pages) = self.lock_all();
+        let mut allocated = [0usize; NUM_CLASSES];
+        let mut spans = [0usize; NUM_CLASSES];
+        for arena in pages.arenas() {
+            arena.bitmap.check_invariants()?;
+            let mut span_pages = 0;
+            let mut page = 0;
+            while page < arena.pages {
+                let span = arena.span_at(page);
+                if span.is_null() {
+                    page += 1;
+                    continue;
+                }
+                // SAFETY: a span-map entry names a live descriptor (arena invariant).
+                let s = unsafe { &*span };
+                if s.base != arena.addr_of(page) || s.end() > arena.end() {
+                    return Err("span map: entry does not start its span");
+                }
+                let n = s.pages as usize;
+                if !arena.bitmap.is_range_free(page, n) {
+                    s.check()?;
+                } else {
+                    return Err("span map: a live span's pages are free in the bitmap");
+                }
+                match s.kind {
+                    SpanKind::Small => {
+                        if (page..page + n).any(|p| arena.span_at(p) != span) {
+                            return Err("span map: a small span's page is not mapped to it");
+                        }
+                        allocated[s.class as usize] += s.allocated as usize;
+                        spans[s.class as usize] += 1;
+                    }
+                    SpanKind::Large | SpanKind::Pages => {
+                        if (page + 1..page + n).any(|p| !arena.span_at(p).is_null()) {
+                            return Err("span map: a large span's inner page is mapped");
+                        }
+                    }
+                }
+                span_pages += n;
+                page += n;
+            }
+            if arena.bitmap.free_pages() + span_pages + arena.metadata_pages != arena.managed_pages
+            {
+                return Err("arena: free + span + metadata pages differ from managed pages");
+            }
+        }
+        for (i, lists) in centrals.iter().enumerate() {
+            lists.check()?;
+            if lists.allocated != allocated[i] || lists.spans != spans[i] {
+                return Err("central: counters differ from the spans in the span map");
+            }
+        }
+        if !self.snapshot(&centrals, &pages).balances() {
+            return Err("stats do not balance");
+        }
+        Ok(())
+    }
+}
+
+// SAFETY: all shared state is behind spin locks or atomics; the raw pointers inside
+// refer to heap metadata that lives as long as the heap.
+unsafe impl Sync for SpanHeap {}
+// SAFETY: as above; nothing is tied to a thread.
+unsafe impl Send for SpanHeap {}
+
+// SAFETY: `allocate` returns blocks of at least `layout.size()` bytes aligned to
+// `layout.align()` that no other live allocation overlaps, or null; `dealloc`,
+// `realloc` and `alloc_zeroed` keep GlobalAlloc's contracts (see their docs).
+unsafe impl GlobalAlloc for SpanHeap {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        self.allocate(layout)
+            .map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        self.allocate_zeroed(layout)
+            .map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if let Some(ptr) = NonNull::new(ptr) {
+            // SAFETY: GlobalAlloc's contract: `ptr` came from `alloc` with `layout`.
+            unsafe { self.deallocate(ptr, layout) }
+        }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let Some(ptr) = NonNull::new(ptr) else {
+            return ptr::null_mut();
+        };
+        // SAFETY: GlobalAlloc's contract matches `reallocate`'s.
+        unsafe { self.reallocate(ptr, layout, new_size) }.map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::range::InitialContents;
+    use std::alloc::{alloc_zeroed, dealloc};
+
+    /// A heap over a fresh, zeroed, 2 MiB-aligned region of `size` bytes from std.
+    pub(crate) struct TestHeap {
+        pub(crate) heap: SpanHeap,
+        base: *mut u8,
+        layout: Layout,
+    }
+
+    impl TestHeap {
+        pub(crate) fn new(size: usize, arena_size: usize) -> Self {
+            let layout = Layout::from_size_align(size, 2 << 20).unwrap();
+            // SAFETY: a non-zero size.
+            let base = unsafe { alloc_zeroed(layout) };
+            assert!(!base.is_null());
+            let config = Config {
+                arena_size,
+                contents: InitialContents::Zeroed,
+            };
+            let heap = SpanHeap::with_config(config);
+            // SAFETY: the region is ours for the TestHeap's life.
+            unsafe { heap.add_memory(MemoryRange::new(base as usize, base as usize + size)) }
+                .unwrap();
+            Self { heap, base, layout }
+        }
+    }
+
+    impl Drop for TestHeap {
+        fn drop(&mut self) {
+            // SAFETY: allocated in `new` with this layout.
+            unsafe { dealloc(self.base, self.layout) };
+        }
+    }
+
+    fn layout(size: usize, align: usize) -> Layout {
+        Layout::from_size_align(size, align).unwrap()
+    }
+
+    #[test]
+    fn small_objects_are_distinct_aligned_and_balance() {
+        let t = TestHeap::new(8 << 20, 4 << 20);
+        let mut blocks = Vec::new();
+        for i in 0..2000usize {
+            let l = layout(1 + i % 300, 1 << (i % 6));
+            let p = t.heap.allocate(l).unwrap();
+            assert_eq!(p.as_ptr() as usize % l.align(), 0);
+            // SAFETY: the block is ours, l.size() bytes.
+            unsafe { ptr::write_bytes(p.as_ptr(), i as u8, l.size()) };
+            blocks.push((p, l, i as u8));
+        }
+        let stats = t.heap.stats();
+        assert!(stats.balances(), "{stats}");
+        assert!(stats.small_bytes >= blocks.iter().map(|b| b.1.size()).sum::<usize>());
+        t.heap.check_invariants().unwrap();
+        for (p, l, fill) in blocks {
+            // SAFETY: live blocks of ours.
+            let bytes = unsafe { core::slice::from_raw_parts(p.as_ptr(), l.size()) };
+            assert!(bytes.iter().all(|b| *b == fill), "block overwritten");
+            // SAFETY: allocated above with `l`.
+            unsafe { t.heap.deallocate(p, l) };
+        }
+        let stats = t.heap.stats();
+        assert_eq!(stats.in_use_bytes, 0);
+        assert!(stats.balances());
+        t.heap.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn large_objects_align_and_come_back() {
+        let t = TestHeap::new(16 << 20, 16 << 20);
+        let s = t.heap.stats();
+        let free_before = s.free_bytes + s.metadata_bytes;
+        let l = layout(100_000, 1 << 20);
+        let p = t.heap.allocate(l).unwrap();
+        assert_eq!(p.as_ptr() as usize % (1 << 20), 0);
+        let stats = t.heap.stats();
+        assert_eq!(stats.large_bytes, 25 * PAGE_SIZE);
+        assert!(stats.balances());
+        // SAFETY: allocated above.
+        unsafe { t.heap.deallocate(p, l) };
+        let s = t.heap.stats();
+        assert_eq!(
+            s.free_bytes + s.metadata_bytes,
+            free_before,
+            "only a descriptor slab kept"
+        );
+        t.heap.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn realloc_grows_large_objects_in_place_and_moves_small_ones() {
+        let t = TestHeap::new(16 << 20, 16 << 20);
+        let l = layout(40_000, 8);
+        let p = t.heap.allocate(l).unwrap();
+        // SAFETY: live block of 40_000 bytes.
+        unsafe { ptr::write_bytes(p.as_ptr(), 7, 40_000) };
+        // SAFETY: p from allocate(l).
+        let q = unsafe { t.heap.reallocate(p, l, 400_000) }.unwrap();
+        assert_eq!(
+            p, q,
+            "the pages after a fresh large object are free: grows in place"
+        );
+        // SAFETY: q is 400_000 bytes now; the first 40_000 kept.
+        assert!(unsafe { core::slice::from_raw_parts(q.as_ptr(), 40_000) }
+            .iter()
+            .all(|b| *b == 7));
+        let l2 = layout(400_000, 8);
+        // SAFETY: q from reallocate to l2's size.
+        let r = unsafe { t.heap.reallocate(q, l2, 24) }.unwrap();
+        // SAFETY: r is a 24-byte object.
+        assert!(unsafe { core::slice::from_raw_parts(r.as_ptr(), 24) }
+            .iter()
+            .all(|b| *b == 7));
+        // SAFETY: r from reallocate with size 24.
+        let s = unsafe { t.heap.reallocate(r, layout(24, 8), 20) }.unwrap();
+        assert_eq!(r, s, "same class: in place");
+        // SAFETY: s is live with size 20.
+        unsafe { t.heap.deallocate(s, layout(20, 8)) };
+        assert_eq!(t.heap.stats().in_use_bytes, 0);
+        t.heap.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn alloc_zeroed_clears_reused_memory() {
+        let t = TestHeap::new(8 << 20, 4 << 20);
+        for size in [64usize, 5000, 100_000] {
+            let l = layout(size, 8);
+            let p = t.heap.allocate(l).unwrap();
+            // SAFETY: ours.
+            unsafe { ptr::write_bytes(p.as_ptr(), 0xab, size) };
+            // SAFETY: from allocate(l).
+            unsafe { t.heap.deallocate(p, l) };
+            let q = t.heap.allocate_zeroed(l).unwrap();
+            // SAFETY: ours, size bytes.
+            let bytes = unsafe { core::slice::from_raw_parts(q.as_ptr(), size) };
+            assert!(bytes.iter().all(|b| *b == 0), "size {size} not zeroed");
+            // SAFETY: from allocate_zeroed(l).
+            unsafe { t.heap.deallocate(q, l) };
+        }
+    }
+
+    #[test]
+    fn pages_api_and_physical_addresses() {
+        let t = TestHeap::new(8 << 20, 4 << 20);
+        let p = t.heap.alloc_pages(3, 16 * PAGE_SIZE).unwrap();
+        assert_eq!(p.as_ptr() as usize % (16 * PAGE_SIZE), 0);
+        assert_eq!(t.heap.stats().page_run_bytes, 3 * PAGE_SIZE);
+        assert_eq!(t.heap.phys_addr(p), None);
+        t.heap.set_phys_offset(0x1000);
+        assert_eq!(t.heap.phys_addr(p), Some(p.as_ptr() as usize - 0x1000));
+        // SAFETY: a wrong count is refused, the run stays live.
+        unsafe { t.heap.free_pages(p, 2) };
+        assert_eq!(t.heap.stats().bad_frees, 1);
+        // SAFETY: the right count.
+        unsafe { t.heap.free_pages(p, 3) };
+        assert_eq!(t.heap.stats().page_run_bytes, 0);
+        t.heap.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn bad_frees_are_refused_and_counted() {
+        static SEEN: AtomicUsize = AtomicUsize::new(0);
+        let t = TestHeap::new(8 << 20, 4 << 20);
+        t.heap.set_error_hook(|_| {
+            SEEN.fetch_add(1, Ordering::Relaxed);
+        });
+        let l = layout(48, 8);
+        let p = t.heap.allocate(l).unwrap();
+        let keep = t.heap.allocate(l).unwrap();
+        let mut outside = 0u64;
+        // SAFETY: each of these is refused before touching memory.
+        unsafe {
+            t.heap.deallocate(NonNull::from(&mut outside).cast(), l); // foreign
+            t.heap
+                .deallocate(NonNull::new_unchecked(p.as_ptr().add(8)), l); // interior
+            t.heap.deallocate(p, layout(4000, 8)); // wrong layout
+            t.heap.deallocate(p, l); // fine
+            t.heap.deallocate(p, l); // double
+        }
+        let stats = t.heap.stats();
+        assert_eq!(stats.bad_frees, 4);
+        assert_eq!(SEEN.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.classes[class_of(48, 8).unwrap().index()].objects, 1);
+        t.heap.check_invariants().unwrap();
+        // SAFETY: still live.
+        unsafe { t.heap.deallocate(keep, l) };
+    }
+
+    #[test]
+    fn add_memory_refuses_bad_ranges_and_hot_adds_good_ones() {
+        let t = TestHeap::new(8 << 20, 4 << 20);
+        let base = t.base as usize;
+        let heap = &t.heap;
+        let managed = heap.stats().managed_bytes;
+        let add = |start, end| {
+            // SAFETY: every call below either is refused or adds memory of `t`'s region
+            // that the heap does not own yet (none: the whole region is in already).
+            unsafe { heap.add_memory(MemoryRange::new(start, end)) }
+        };
+        assert!(matches!(
+            add(base + 100, base + 200),
+            Err(AddMemoryError::Empty(_))
+        ));
+        assert!(matches!(
+            add(base + 10, base),
+            Err(AddMemoryError::Empty(_))
+        ));
+        assert!(matches!(add(0, 1 << 20), Err(AddMemoryError::NullPage(_))));
+        assert!(matches!(
+            add(base, base + 4096),
+            Err(AddMemoryError::Overlap(_))
+        ));
+        // A fresh window with too little room for its metadata.
+        let far = 1usize << 40;
+        assert!(matches!(
+            add(far, far + 8192),
+            Err(AddMemoryError::TooSmall { .. })
+        ));
+        assert_eq!(
+            heap.stats().managed_bytes,
+            managed,
+            "refused ranges add nothing"
+        );
+        let bad = SpanHeap::with_config(Config {
+            arena_size: 3 << 20,
+            ..Config::DEFAULT
+        });
+        // SAFETY: refused before use.
+        let r = unsafe { bad.add_memory(MemoryRange::new(base, base + 4096)) };
+        assert_eq!(r, Err(AddMemoryError::BadConfig));
+    }
+
+    #[test]
+    fn hot_add_extends_the_heap() {
+        let size = 8 << 20;
+        let l = Layout::from_size_align(size, 4 << 20).unwrap();
+        // SAFETY: non-zero size.
+        let region = unsafe { alloc_zeroed(l) } as usize;
+        let heap = SpanHeap::with_config(Config {
+            arena_size: 4 << 20,
+            ..Config::DEFAULT
+        });
+        // SAFETY: our region; the two halves are added separately.
+        unsafe {
+            heap.add_memory(MemoryRange::new(region, region + size / 2))
+                .unwrap();
+            let before = heap.stats().managed_bytes;
+            heap.add_memory(MemoryRange::new(region + size / 2, region + size))
+                .unwrap();
+            assert_eq!(heap.stats().arenas, 2);
+            assert!(heap.stats().managed_bytes > before);
+            // A 3 MiB object fits only in the second arena's window.
+            let big = layout(3 << 20, 8);
+            let p = heap.allocate(big).unwrap();
+            heap.deallocate(p, big);
+            heap.check_invariants().unwrap();
+            dealloc(region as *mut u8, l);
+        }
+    }
+
+    #[test]
+    fn metadata_cost_within_targets() {
+        // 512 MiB heap, default 64 MiB arenas: at most 1%.
+        let t = TestHeap::new(512 << 20, Config::DEFAULT.arena_size);
+        let s = t.heap.stats();
+        assert!(s.metadata_ratio() <= 0.01, "{:.4}", s.metadata_ratio());
+        // 4 MiB heap with 4 MiB arenas: at most 3%.
+        let t = TestHeap::new(4 << 20, 4 << 20);
+        let s = t.heap.stats();
+        assert!(s.metadata_ratio() <= 0.03, "{:.4}", s.metadata_ratio());
+    }
+
+    #[test]
+    fn out_of_memory_is_none_and_the_heap_recovers() {
+        let t = TestHeap::new(4 << 20, 4 << 20);
+        assert!(t
+            .heap
+            .allocate(layout(isize::MAX as usize - 4096, 8))
+            .is_none());
+        assert!(t.heap.allocate(layout(8, 1 << 30)).is_none());
+        assert!(t.heap.alloc_pages(1 << 20, PAGE_SIZE).is_none());
+        let l = layout(2048, 8);
+        let mut blocks = Vec::new();
+        while let Some(p) = t.heap.allocate(l) {
+            blocks.push(p);
+        }
+        let first = blocks.len();
+        for p in blocks.drain(..) {
+            // SAFETY: from allocate(l).
+            unsafe { t.heap.deallocate(p, l) };
+        }
+        t.heap.check_invariants().unwrap();
+        while let Some(p) = t.heap.allocate(l) {
+            blocks.push(p);
+        }
+        assert_eq!(blocks.len(), first, "the whole heap is allocatable again");
+        for p in blocks {
+            // SAFETY: from allocate(l).
+            unsafe { t.heap.deallocate(p, l) };
+        }
+        assert_eq!(t.heap.stats().in_use_bytes, 0);
+    }
+}
