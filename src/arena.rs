@@ -20,6 +20,10 @@
 //!
 //! Span descriptors come from slabs of whole pages of the arena (a fixed-size
 //! allocator: free list, then bump); slab pages are metadata and are never returned.
+//! Slab pages are taken from the top of the arena's usable memory downwards, while
+//! spans are placed first fit from the bottom, so that the slabs do not cut the free
+//! space into short runs; only when the page below the slab zone is taken does a slab
+//! page come from anywhere (first fit).
 //!
 //! Everything here runs under the page heap's lock, except [`Arena::span_at`], which
 //! reads the span map with relaxed atomics.
@@ -55,6 +59,9 @@ pub(crate) struct Arena {
     descriptor_free: *mut Span,
     descriptor_bump: usize,
     descriptor_end: usize,
+    /// The next slab page is the one below this page index (the slab zone grows
+    /// down from the top of the usable memory).
+    slab_floor: usize,
     /// Pages handed to the heap inside this window.
     pub(crate) managed_pages: usize,
     /// Pages used by metadata: this block and descriptor slabs.
@@ -129,6 +136,7 @@ impl Arena {
             descriptor_free: ptr::null_mut(),
             descriptor_bump: 0,
             descriptor_end: 0,
+            slab_floor: 0,
             managed_pages: 0,
             metadata_pages: 0,
             descriptors: 0,
@@ -198,6 +206,7 @@ impl Arena {
         }
         self.bitmap.free_range(first, n);
         self.managed_pages += n;
+        self.slab_floor = self.slab_floor.max(first + n);
     }
 
     /// Takes `n` pages aligned to `align` pages, first fit by address.
@@ -258,7 +267,7 @@ impl Arena {
             slot
         } else {
             if self.descriptor_bump + DESCRIPTOR_BYTES > self.descriptor_end {
-                let page = self.bitmap.alloc(1, 1)?;
+                let page = self.take_slab_page()?;
                 self.metadata_pages += 1;
                 self.descriptor_bump = self.addr_of(page);
                 self.descriptor_end = self.descriptor_bump + PAGE_SIZE;
@@ -269,6 +278,19 @@ impl Arena {
         };
         self.descriptors += 1;
         NonNull::new(slot)
+    }
+
+    /// A page for a descriptor slab: the page below the slab zone when it is free,
+    /// else the first free page.
+    fn take_slab_page(&mut self) -> Option<usize> {
+        match self.slab_floor.checked_sub(1) {
+            Some(page) if self.bitmap.is_free(page) => {
+                self.bitmap.alloc_range(page, 1);
+                self.slab_floor = page;
+                Some(page)
+            }
+            _ => self.bitmap.alloc(1, 1),
+        }
     }
 
     /// Returns a descriptor slot to the free list.

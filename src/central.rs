@@ -98,15 +98,24 @@ impl CentralLists {
             0 => self.refill_span(class, pages)?,
             mask => {
                 let b = 7 - mask.leading_zeros() as usize;
-                self.unlink(self.partial[b].head(), b)
+                // SAFETY: a non-empty list's head is non-null.
+                unsafe { NonNull::new_unchecked(self.partial[b].head()) }
             }
         };
-        // SAFETY: the span is a live small span of this class, now on no list and so
-        // exclusively ours under the central lock.
+        // SAFETY: the span is a live small span of this class, on one of our lists or
+        // on none, and so exclusively ours under the central lock.
         let s = unsafe { &mut *span.as_ptr() };
         let (index, zeroed) = s.take_object()?;
         self.allocated += 1;
-        self.file(span);
+        match s.list {
+            // The common case: the span stays where it is.
+            SpanList::Partial(b) if !s.is_full() && bucket(s) == b as usize => {}
+            SpanList::Partial(b) => {
+                self.unlink_at(span, b as usize);
+                self.file(span);
+            }
+            _ => self.file(span),
+        }
         // SAFETY: an object index of the span gives a non-null address inside it.
         let addr = unsafe { NonNull::new_unchecked(s.object_addr(index) as *mut u8) };
         Some(Object { addr, zeroed })
@@ -126,19 +135,6 @@ impl CentralLists {
         let span = pages.lock().new_small_span(class)?;
         self.spans += 1;
         Some(span)
-    }
-
-    fn unlink(&mut self, span: *mut Span, b: usize) -> NonNull<Span> {
-        // SAFETY: `span` is the head of the non-empty partial[b] list.
-        unsafe {
-            self.partial[b].remove(span);
-            (*span).list = SpanList::None;
-        }
-        if self.partial[b].len() == 0 {
-            self.nonempty &= !(1 << b);
-        }
-        // SAFETY: a list head is non-null.
-        unsafe { NonNull::new_unchecked(span) }
     }
 
     /// Puts a span that is on no list where its fill level says: a partial bucket,
