@@ -9,11 +9,11 @@
 # usage: benches/callgrind.sh [allocator...]      (default: floor spanheap talc buddy lla)
 # env:   N1, N2          pair counts (default 100000 200000)
 #        LLA_N1, LLA_N2  for linked_list_allocator, ~12 us a pair natively (default 20000 40000)
-#        CARGO_TARGET_DIR as for cargo (default /work/target-bench)
+#        CARGO_TARGET_DIR as for cargo (default target/)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/work/target-bench}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-target}"
 N1="${N1:-100000}"
 N2="${N2:-200000}"
 LLA_N1="${LLA_N1:-20000}"

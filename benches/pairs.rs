@@ -317,7 +317,7 @@ struct Run {
 
 fn run_once<A: Subject>(name: &str, w: &Workload, n: u64) -> Run {
     let region = Region::new();
-    // SAFETY: `region` is dropped after `a` (declared first, dropped last).
+    // SAFETY: `region` is used by nothing else and is dropped after `a` (below).
     let a = unsafe { A::over(&region) };
     let mut rng = Rng(w.seed);
     let mut live = prefill(name, &*a, w, &mut rng);
@@ -411,9 +411,9 @@ fn parse_args() -> Options {
             "--runs" => o.runs = Some(value().parse().unwrap_or_else(|_| usage())),
             "--live" => o.live = value().parse().unwrap_or_else(|_| usage()),
             "--seed" => o.seed = value().parse().unwrap_or_else(|_| usage()),
-            // `cargo bench` passes `--bench`; libtest-style filters are ignored too.
+            // `cargo bench` passes `--bench`; a libtest-style filter is ignored.
             "--bench" => {}
-            "-h" | "--help" => usage(),
+            s if s.starts_with('-') => usage(),
             _ => {}
         }
     }

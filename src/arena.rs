@@ -18,9 +18,10 @@
 //!   its initial contents are unknown); `alloc_zeroed` clears only dirty pages;
 //! - the **page bitmap** with free-run summaries (see `page_bitmap`).
 //!
-//! Span descriptors come from slabs of whole pages of the arena (a fixed-size
-//! allocator: free list, then bump); slab pages are metadata and are never returned.
-//! Slab pages are taken from the top of the arena's usable memory downwards, while
+//! Span descriptors come from slabs: whole pages of the arena whose first slot is a
+//! [`Slab`] header (live count, free list of slots, links of the list of slabs with a
+//! free slot). A slab page whose last descriptor is freed goes back to the page heap,
+//! so that no metadata page stays behind between spans once they are gone. Slab pages are taken from the top of the arena's usable memory downwards, while
 //! spans are placed first fit from the bottom, so that the slabs do not cut the free
 //! space into short runs; only when the page below the slab zone is taken does a slab
 //! page come from anywhere (first fit).
@@ -56,12 +57,13 @@ pub(crate) struct Arena {
     span_map: NonNull<AtomicU32>,
     usable: NonNull<u64>,
     dirty: NonNull<u64>,
-    descriptor_free: *mut Span,
-    descriptor_bump: usize,
-    descriptor_end: usize,
-    /// The next slab page is the one below this page index (the slab zone grows
-    /// down from the top of the usable memory).
+    /// Slabs with at least one free slot (doubly linked through their headers).
+    open_slabs: *mut Slab,
+    /// The lowest slab page placed in the slab zone (the zone grows down from the
+    /// top of the usable memory).
     slab_floor: usize,
+    /// One past the highest page handed to the heap: where the slab zone starts.
+    usable_top: usize,
     /// Pages handed to the heap inside this window.
     pub(crate) managed_pages: usize,
     /// Pages used by metadata: this block and descriptor slabs.
@@ -133,10 +135,9 @@ impl Arena {
             span_map: offset(layout.span_map).cast(),
             usable: offset(layout.usable).cast(),
             dirty: offset(layout.dirty).cast(),
-            descriptor_free: ptr::null_mut(),
-            descriptor_bump: 0,
-            descriptor_end: 0,
+            open_slabs: ptr::null_mut(),
             slab_floor: 0,
+            usable_top: 0,
             managed_pages: 0,
             metadata_pages: 0,
             descriptors: 0,
@@ -206,7 +207,10 @@ impl Arena {
         }
         self.bitmap.free_range(first, n);
         self.managed_pages += n;
-        self.slab_floor = self.slab_floor.max(first + n);
+        if first + n > self.usable_top {
+            self.usable_top = first + n;
+            self.slab_floor = self.slab_floor.max(self.usable_top);
+        }
     }
 
     /// Takes `n` pages aligned to `align` pages, first fit by address.
@@ -256,54 +260,153 @@ impl Arena {
         }
     }
 
-    /// A descriptor slot, from the free list or the current slab; takes a new slab
-    /// page from this arena when needed. `None` when the arena has no free page.
+    /// A descriptor slot from the first slab with a free slot; takes a new slab page
+    /// from this arena when none has one. `None` when the arena has no free page.
     pub(crate) fn alloc_descriptor(&mut self) -> Option<NonNull<Span>> {
-        let slot = if !self.descriptor_free.is_null() {
-            let slot = self.descriptor_free;
-            // SAFETY: free-list slots are descriptor slots of this arena's slabs,
-            // linked through `next` by `free_descriptor`.
-            self.descriptor_free = unsafe { (*slot).next };
-            slot
-        } else {
-            if self.descriptor_bump + DESCRIPTOR_BYTES > self.descriptor_end {
-                let page = self.take_slab_page()?;
-                self.metadata_pages += 1;
-                self.descriptor_bump = self.addr_of(page);
-                self.descriptor_end = self.descriptor_bump + PAGE_SIZE;
+        if self.open_slabs.is_null() {
+            let page = self.take_slab_page()?;
+            self.metadata_pages += 1;
+            // SAFETY: the page was just taken from the bitmap: ours, unused, in the
+            // window.
+            let slab = unsafe { Slab::init(self.addr_of(page)) };
+            self.link_open(slab);
+        }
+        let slab = self.open_slabs;
+        // SAFETY: slabs on the open list are initialised slab pages of this arena with
+        // a non-empty free list.
+        let slot = unsafe {
+            let slot = (*slab).free;
+            (*slab).free = (*slot).next;
+            (*slab).live += 1;
+            if (*slab).free.is_null() {
+                self.unlink_open(slab);
             }
-            let slot = self.descriptor_bump as *mut Span;
-            self.descriptor_bump += DESCRIPTOR_BYTES;
             slot
         };
         self.descriptors += 1;
         NonNull::new(slot)
     }
 
-    /// A page for a descriptor slab: the page below the slab zone when it is free,
-    /// else the first free page.
-    fn take_slab_page(&mut self) -> Option<usize> {
-        match self.slab_floor.checked_sub(1) {
-            Some(page) if self.bitmap.is_free(page) => {
-                self.bitmap.alloc_range(page, 1);
-                self.slab_floor = page;
-                Some(page)
+    fn link_open(&mut self, slab: *mut Slab) {
+        // SAFETY: `slab` is an initialised slab header of this arena on no list; the
+        // list head, if any, is one too.
+        unsafe {
+            (*slab).prev = ptr::null_mut();
+            (*slab).next = self.open_slabs;
+            if !self.open_slabs.is_null() {
+                (*self.open_slabs).prev = slab;
             }
-            _ => self.bitmap.alloc(1, 1),
+        }
+        self.open_slabs = slab;
+    }
+
+    fn unlink_open(&mut self, slab: *mut Slab) {
+        // SAFETY: `slab` is on the open list, so its neighbours are slab headers too.
+        unsafe {
+            let (prev, next) = ((*slab).prev, (*slab).next);
+            if prev.is_null() {
+                self.open_slabs = next;
+            } else {
+                (*prev).next = next;
+            }
+            if !next.is_null() {
+                (*next).prev = prev;
+            }
         }
     }
 
-    /// Returns a descriptor slot to the free list.
+    /// A page for a descriptor slab: the highest free page of the slab zone (from
+    /// the top of the usable memory down to one word below the lowest slab page taken
+    /// this way), else the first free page. The scan is bounded by the zone, which
+    /// holds one page per 31 descriptors.
+    fn take_slab_page(&mut self) -> Option<usize> {
+        let bottom = self.slab_floor.saturating_sub(64);
+        let page = (bottom..self.usable_top)
+            .rev()
+            .find(|&p| self.bitmap.is_free(p));
+        match page {
+            Some(page) => {
+                self.bitmap.alloc_range(page, 1);
+                self.slab_floor = self.slab_floor.min(page);
+                Some(page)
+            }
+            None => self.bitmap.alloc(1, 1),
+        }
+    }
+
+    /// Returns a descriptor slot to its slab; frees the slab page when it was the
+    /// slab's last live descriptor.
     ///
     /// # Safety
     ///
     /// `span` came from this arena's [`Arena::alloc_descriptor`], is not on any list
     /// and is not recorded in the span map.
     pub(crate) unsafe fn free_descriptor(&mut self, span: NonNull<Span>) {
-        // SAFETY: the slot belongs to this arena's slabs and nobody else uses it
-        // (caller); writing its link keeps it on the free list only.
-        unsafe { (*span.as_ptr()).next = self.descriptor_free };
-        self.descriptor_free = span.as_ptr();
+        let slab = (span.as_ptr() as usize & !(PAGE_SIZE - 1)) as *mut Slab;
         self.descriptors -= 1;
+        // SAFETY: descriptors live in slab pages whose first slot is the header; the
+        // slot is ours to link (caller).
+        let (was_full, live) = unsafe {
+            let was_full = (*slab).free.is_null();
+            (*span.as_ptr()).next = (*slab).free;
+            (*slab).free = span.as_ptr();
+            (*slab).live -= 1;
+            (was_full, (*slab).live)
+        };
+        if was_full {
+            self.link_open(slab);
+        }
+        if live == 0 {
+            self.unlink_open(slab);
+            let page = self.page_of(slab as usize);
+            self.bitmap.free_range(page, 1);
+            self.metadata_pages -= 1;
+            if page == self.slab_floor {
+                // Raise the floor over the free pages the zone's slabs left.
+                while self.slab_floor < self.usable_top && self.bitmap.is_free(self.slab_floor) {
+                    self.slab_floor += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The header of a descriptor slab page, in its first descriptor slot.
+struct Slab {
+    /// Free slots of this page, linked through `Span::next`.
+    free: *mut Span,
+    /// Slots in use.
+    live: usize,
+    prev: *mut Slab,
+    next: *mut Slab,
+}
+
+const _: () = assert!(size_of::<Slab>() <= DESCRIPTOR_BYTES);
+
+impl Slab {
+    /// Makes the page at `page` a slab: the header in slot 0, slots 1.. free.
+    ///
+    /// # Safety
+    ///
+    /// The page is memory the arena owns and nothing else uses.
+    unsafe fn init(page: usize) -> *mut Slab {
+        let slab = page as *mut Slab;
+        let mut free = ptr::null_mut();
+        for slot in (1..PAGE_SIZE / DESCRIPTOR_BYTES).rev() {
+            let span = (page + slot * DESCRIPTOR_BYTES) as *mut Span;
+            // SAFETY: the slot is inside the page (caller: ours); only the link of the
+            // free list is written, the rest is written by the span's init.
+            unsafe { ptr::addr_of_mut!((*span).next).write(free) };
+            free = span;
+        }
+        let header = Slab {
+            free,
+            live: 0,
+            prev: ptr::null_mut(),
+            next: ptr::null_mut(),
+        };
+        // SAFETY: slot 0 of the page, large enough (const assert above).
+        unsafe { slab.write(header) };
+        slab
     }
 }

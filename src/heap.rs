@@ -24,7 +24,7 @@
 
 use crate::arena::Arena;
 use crate::central::{Central, CentralLists, Object, Released};
-use crate::page_heap::{ArenaIndex, PageHeap};
+use crate::page_heap::{ArenaIndex, NewSpan, PageHeap};
 use crate::range::{AddMemoryError, Config, MemoryRange};
 use crate::size_class::{class_of, SizeClass, NUM_CLASSES, PAGE_SIZE};
 use crate::span::{Span, SpanKind};
@@ -215,7 +215,19 @@ impl SpanHeap {
     }
 
     fn take_small(&self, class: SizeClass) -> Option<Object> {
-        self.centrals[class.index()].lock().take(class, &self.pages)
+        let central = &self.centrals[class.index()];
+        // Bind the result so that the lock is released before the out-of-memory path.
+        let object = central.lock().take(class, &self.pages);
+        object.or_else(|| self.retry_after_trim(|| central.lock().take(class, &self.pages)))
+    }
+
+    /// Out of memory: give every central's reserve back to the page heap and try once
+    /// more. Called with no lock held.
+    #[cold]
+    #[inline(never)]
+    fn retry_after_trim<T>(&self, attempt: impl FnOnce() -> Option<T>) -> Option<T> {
+        self.trim();
+        attempt()
     }
 
     #[cold]
@@ -226,10 +238,7 @@ impl SpanHeap {
         if pages > arena_pages || align > arena_pages {
             return None;
         }
-        let new = self
-            .pages
-            .lock()
-            .new_whole_span(pages, align, SpanKind::Large)?;
+        let new = self.new_whole_span(pages, align, SpanKind::Large)?;
         // SAFETY: a live span we just created.
         let base = unsafe { new.span.as_ref().base };
         if zero && new.dirty {
@@ -237,6 +246,13 @@ impl SpanHeap {
             unsafe { ptr::write_bytes(base as *mut u8, 0, layout.size()) };
         }
         NonNull::new(base as *mut u8)
+    }
+
+    fn new_whole_span(&self, pages: usize, align: usize, kind: SpanKind) -> Option<NewSpan> {
+        let new = self.pages.lock().new_whole_span(pages, align, kind);
+        new.or_else(|| {
+            self.retry_after_trim(|| self.pages.lock().new_whole_span(pages, align, kind))
+        })
     }
 
     /// Frees memory from [`SpanHeap::allocate`]. A free the heap can prove wrong is
@@ -367,10 +383,7 @@ impl SpanHeap {
         if count == 0 || count > arena_pages || !align.is_power_of_two() || align > arena_pages {
             return None;
         }
-        let new = self
-            .pages
-            .lock()
-            .new_whole_span(count, align, SpanKind::Pages)?;
+        let new = self.new_whole_span(count, align, SpanKind::Pages)?;
         // SAFETY: a live span we just created.
         NonNull::new(unsafe { new.span.as_ref().base } as *mut u8)
     }

@@ -7,12 +7,19 @@
 //!   usable memory (class tail waste is at most 1/8 by design).
 //! - `freed_memory_moves_between_classes`: memory freed by one class serves another
 //!   class and large objects (empty spans go back to the page heap).
-//! - `large_object_after_small_object_burst`: the smallest case of the above: after a
-//!   heap full of 48-byte objects is freed, a 1 MiB object fits.
+//! - `large_objects_after_small_object_burst`: the smallest case of the above: after a
+//!   heap full of 16, 48 or 256-byte objects is freed, as many 1 MiB objects fit as the free
+//!   pages and the centrals' empty spans can hold.
+//! - `reserve_spans_serve_other_requests`: empty spans the centrals keep are given
+//!   back when the heap runs short: after objects of 14 classes are freed, as many
+//!   one-page runs and 64 KiB objects fit as in a fresh heap.
 //! - `page_runs_refill_and_coalesce`: one-page runs from `alloc_pages(1, 4096)` until
 //!   `None`, all freed, the same count again, all freed, and then one `alloc_pages`
 //!   of every free page (computed from `stats()`) must succeed: the free pages of a
 //!   heap inside one arena coalesce into one run.
+//! - `coalesces_after_holes_refilled_with_small_objects`: the same after large
+//!   objects, every other one freed, small objects in the holes, all freed, and
+//!   `trim()`: descriptor slab pages taken meanwhile must not cut the free run.
 //! - `mixed_sizes_until_exhaustion`: skewed random sizes and alignments until even
 //!   the smallest request fails; then the heap must be full (no free page left), and
 //!   after freeing everything `in_use_bytes == 0`, the stats balance and
@@ -233,6 +240,7 @@ fn freed_memory_moves_between_classes() {
     let heap = TestHeap::new(8, 8);
     let usable = heap.usable();
     let mut rng = rng(100);
+    let mut before = heap.stats();
     for (size, align) in [
         (48, 16),
         (2000, 8),
@@ -255,37 +263,108 @@ fn freed_memory_moves_between_classes() {
             let longest = longest_run(&heap, full.free_bytes / PAGE);
             panic!(
                 "{layout:?}: full at {n} objects, {} of {usable} usable bytes in use, \
-                 {} bytes in free pages, the longest free run {longest} pages: \n{full}",
+                 {} bytes in free pages, the longest free run {longest} pages: \n{full}\n\
+                 before this fill: {before}",
                 full.in_use_bytes, full.free_bytes
             );
         }
         live.free_all(&heap, &mut rng);
-        heap.assert_empty(&format!("{layout:?}: after free"));
+        before = heap.assert_empty(&format!("{layout:?}: after free"));
     }
 }
 
 /// The smallest case of the above: small objects fill the heap and are all freed;
-/// a 1 MiB object must then fit (the empty heap is all free pages, one arena).
+/// then as many 1 MiB objects fit as the empty heap holds (free pages and empty
+/// spans kept by the centrals, one arena): neither descriptor slabs nor reserve
+/// spans may cut the free pages into pieces.
 #[test]
-fn large_object_after_small_object_burst() {
-    let heap = TestHeap::new(8, 8);
-    let small = Layout::from_size_align(48, 16).unwrap();
-    let mut live = fill(&heap, small);
-    let n = live.0.len();
-    live.free_all(&heap, &mut rng(150));
-    let empty = heap.assert_empty("after freeing the small objects");
-    let large = Layout::from_size_align(1 << 20, 8).unwrap();
-    let Some(ptr) = heap.allocate(large) else {
-        panic!(
-            "after {n} objects of 48 B were allocated and freed, a 1 MiB object does not fit \
-             in {} free bytes: the longest free run is {} pages\n{empty}",
-            empty.free_bytes,
-            longest_run(&heap, empty.free_bytes / PAGE)
-        );
+fn large_objects_after_small_object_burst() {
+    for size in [16, 48, 256] {
+        let heap = TestHeap::new(8, 8);
+        let small = Layout::from_size_align(size, 8).unwrap();
+        let mut live = fill(&heap, small);
+        let n = live.0.len();
+        live.free_all(&heap, &mut rng(150));
+        let empty = heap.assert_empty("after freeing the small objects");
+        let large = Layout::from_size_align(1 << 20, 8).unwrap();
+        let expected = (empty.free_bytes + empty.span_free_bytes) >> 20;
+        let mut larges = fill(&heap, large);
+        let full = heap.assert_healthy("full of 1 MiB objects");
+        if larges.0.len() < expected {
+            panic!(
+                "after {n} objects of {size} B were allocated and freed, {} objects of 1 MiB \
+                 fit, {expected} expected: the longest free run is {} pages\n\
+                 empty: {empty}\nfull: {full}",
+                larges.0.len(),
+                longest_run(&heap, full.free_bytes / PAGE)
+            );
+        }
+        larges.free_all(&heap, &mut rng(151));
+        heap.assert_empty("at the end");
+    }
+}
+
+/// Empty spans the centrals keep in reserve are memory like any other when the heap
+/// runs short (the centrals' docs: the heap trims every reserve before it reports
+/// out of memory): after objects of many classes are allocated and freed, as many
+/// one-page runs, and as many 64 KiB objects, fit as in a fresh heap.
+#[test]
+fn reserve_spans_serve_other_requests() {
+    let sizes = [
+        16,
+        32,
+        48,
+        64,
+        96,
+        128,
+        256,
+        512,
+        1024,
+        2048,
+        3072,
+        4096,
+        8192,
+        16 << 10,
+    ];
+    let used_heap = |salt| {
+        let heap = TestHeap::new(8, 8);
+        let mut rng = rng(salt);
+        for size in sizes {
+            let layout = Layout::from_size_align(size, 8).unwrap();
+            let mut live = Live::default();
+            for _ in 0..(256 << 10) / size {
+                live.push(heap.allocate(layout).expect("room for 256 KiB"), layout);
+            }
+            live.free_all(&heap, &mut rng);
+        }
+        heap
     };
-    // SAFETY: live, with this layout.
-    unsafe { heap.deallocate(ptr, large) };
-    heap.assert_empty("at the end");
+    type Fill = fn(&SpanHeap) -> usize;
+    let fills: [(&str, Fill); 2] = [
+        ("one-page runs", |heap| fill_pages(heap).len()),
+        ("64 KiB objects", |heap| {
+            fill(heap, Layout::from_size_align(64 << 10, 8).unwrap())
+                .0
+                .len()
+        }),
+    ];
+    let mut failures = Vec::new();
+    for (k, (what, fill)) in fills.into_iter().enumerate() {
+        let n0 = fill(&TestHeap::new(8, 8));
+        let heap = used_heap(175 + k as u64);
+        let freed = heap.assert_empty("after the small objects");
+        let n1 = fill(&heap);
+        let full = heap.assert_healthy("full");
+        if n1 + 2 < n0 {
+            failures.push(format!(
+                "{n1} {what} fit after objects of {} classes were freed, {n0} in a fresh heap; \
+                 {} bytes of empty spans were held:\n{freed}\nfull: {full}",
+                sizes.len(),
+                freed.span_free_bytes
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 /// Allocates one-page runs until `None`; returns their addresses.
@@ -360,7 +439,9 @@ fn page_runs_refill_and_coalesce() {
     free_pages_all(&heap, runs, &mut rng);
     let empty = heap.assert_empty("after the second free");
 
-    let all = empty.free_bytes / PAGE;
+    // An empty heap keeps no descriptor slab: one free page becomes the slab that
+    // holds this run's own descriptor.
+    let all = empty.free_bytes / PAGE - 1;
     match heap.alloc_pages(all, PAGE) {
         Some(ptr) => {
             // SAFETY: the run we just got.
@@ -369,6 +450,55 @@ fn page_runs_refill_and_coalesce() {
         None => panic!(
             "after freeing {n1} one-page runs, alloc_pages({all}) of all free pages fails: \
              the longest run is {} pages; stats before the fills: \n{start}, now: \n{empty}",
+            longest_run(&heap, all)
+        ),
+    }
+    heap.assert_empty("at the end");
+}
+
+/// The free pages coalesce into one run after any history, not only after a fill
+/// from an empty heap: large objects fill one arena, every other one is freed, the
+/// holes are filled with small objects (whose span descriptors need new slab pages
+/// while the top of the arena is taken), and everything is freed. Then one
+/// `alloc_pages` of every free page must succeed.
+#[test]
+fn coalesces_after_holes_refilled_with_small_objects() {
+    let heap = TestHeap::new(16, 16);
+    let mut rng = rng(250);
+    let large = Layout::from_size_align(256 << 10, PAGE).unwrap();
+    let small = Layout::from_size_align(48, 16).unwrap();
+
+    let mut larges = fill(&heap, large);
+    let n = larges.0.len();
+    let mut kept = Live::default();
+    for (k, (ptr, layout, _)) in larges.0.drain(..).enumerate() {
+        if k % 2 == 0 {
+            // SAFETY: live, with this layout, dropped from the list.
+            unsafe { heap.deallocate(ptr, layout) };
+        } else {
+            kept.push(ptr, layout);
+        }
+    }
+    let mut smalls = fill(&heap, small);
+    let full = heap.assert_healthy("holes refilled");
+    let m = smalls.0.len();
+    smalls.free_all(&heap, &mut rng);
+    kept.free_all(&heap, &mut rng);
+    // The centrals' reserve spans go back too: only metadata may stay.
+    heap.trim();
+    let empty = heap.assert_empty("after freeing everything and trim");
+    assert_eq!(empty.span_free_bytes, 0, "trim left spans:\n{empty}");
+
+    // An empty heap keeps no descriptor slab: one free page becomes the slab that
+    // holds this run's own descriptor.
+    let all = empty.free_bytes / PAGE - 1;
+    match heap.alloc_pages(all, PAGE) {
+        // SAFETY: the run we just got.
+        Some(ptr) => unsafe { heap.free_pages(ptr, all) },
+        None => panic!(
+            "after {n} objects of 256 KiB, every other one freed, {m} objects of 48 B in the \
+             holes, and all freed: alloc_pages({all}) of all free pages fails, the longest \
+             run is {} pages\nfull: {full}\nempty: {empty}",
             longest_run(&heap, all)
         ),
     }
