@@ -179,14 +179,34 @@ impl CentralLists {
             self.file(span);
             return Released::Kept;
         }
-        if self.reserve.len() < RESERVE_SPANS {
+        // Keep the lowest-addressed empty span: a reserve span high up would split
+        // the free pages that first fit leaves above the live spans.
+        let kept = self.reserve.head();
+        // SAFETY: a reserve head is a live descriptor of this class.
+        let release = if self.reserve.len() < RESERVE_SPANS {
+            None
+        } else if unsafe { (*kept).base } > s.base {
+            // SAFETY: `kept` is on the reserve list.
+            unsafe {
+                self.reserve.remove(kept);
+                (*kept).list = SpanList::None;
+            }
+            NonNull::new(kept)
+        } else {
+            Some(span)
+        };
+        if release != Some(span) {
             s.list = SpanList::Reserve;
             // SAFETY: the span is on no list now.
             unsafe { self.reserve.push(span.as_ptr()) };
-            return Released::Kept;
         }
-        self.spans -= 1;
-        Released::Empty(span)
+        match release {
+            Some(empty) => {
+                self.spans -= 1;
+                Released::Empty(empty)
+            }
+            None => Released::Kept,
+        }
     }
 
     fn unlink_at(&mut self, span: NonNull<Span>, b: usize) {

@@ -315,10 +315,18 @@ impl SpanHeap {
             return self.report(FreeError::DoubleFree { ptr: addr });
         }
         // SAFETY: a live span of this class with object `index` allocated.
-        if let Released::Empty(span) = unsafe { central.put(span, index) } {
-            // SAFETY: the span is empty and on no list; its arena is `arena`. The
+        if let Released::Empty(empty) = unsafe { central.put(span, index) } {
+            // The released span may be the reserve span this one replaced, in another
+            // arena.
+            let empty_arena = if empty == span {
+                arena
+            } else {
+                // SAFETY: a live empty span on no list, ours under the central lock.
+                self.arena_of(unsafe { empty.as_ref() }.base)
+            };
+            // SAFETY: the span is empty and on no list; `empty_arena` holds it. The
             // central lock is still held: lock order central -> page heap.
-            unsafe { self.pages.lock().free_span(arena, span) };
+            unsafe { self.pages.lock().free_span(empty_arena, empty) };
         }
     }
 

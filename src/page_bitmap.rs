@@ -591,7 +591,7 @@ impl PageBitmap {
         let first = index * FANOUT;
         let end = (first + FANOUT).min(children.len());
         let mut run_start = first * child_pages;
-        for (child, &packed) in children.iter().enumerate().take(end).skip(first) {
+        for (&packed, child) in children[first..end].iter().zip(first..) {
             let summary = Summary(packed);
             let child_start = child * child_pages;
             if let Some(page) = fit(run_start, child_start + summary.start(), n, align) {

@@ -1026,7 +1026,7 @@ fn model_and_pattern_self_test() {
 #[test]
 fn harness_against_system() {
     let ops = if cfg!(debug_assertions) {
-        30_000
+        15_000
     } else {
         200_000
     };
@@ -1057,7 +1057,7 @@ fn harness_catches_broken_allocators() {
     }));
     for (bug, complaint) in cases {
         let backend = BumpBackend::new(bug);
-        let params = Params::new("harness_catches_broken_allocators", 0xb0b, 20_000, 500);
+        let params = Params::new("harness_catches_broken_allocators", 0xb0b, 10_000, 500);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             Runner::new(&backend, params).run();
         }));

@@ -8,8 +8,8 @@
 //! - `freed_memory_moves_between_classes`: memory freed by one class serves another
 //!   class and large objects (empty spans go back to the page heap).
 //! - `large_objects_after_small_object_burst`: the smallest case of the above: after a
-//!   heap full of 16, 48 or 256-byte objects is freed, as many 1 MiB objects fit as the free
-//!   pages and the centrals' empty spans can hold.
+//!   heap full of 16, 48 or 256-byte objects is freed (in two orders each), as many
+//!   1 MiB objects fit as the free pages and the centrals' empty spans can hold.
 //! - `reserve_spans_serve_other_requests`: empty spans the centrals keep are given
 //!   back when the heap runs short: after objects of 14 classes are freed, as many
 //!   one-page runs and 64 KiB objects fit as in a fresh heap.
@@ -279,12 +279,13 @@ fn freed_memory_moves_between_classes() {
 /// spans may cut the free pages into pieces.
 #[test]
 fn large_objects_after_small_object_burst() {
-    for size in [16, 48, 256] {
+    // Each size with two orders of freeing (the last span emptied differs).
+    for (k, size) in [16, 16, 48, 48, 256, 256].into_iter().enumerate() {
         let heap = TestHeap::new(8, 8);
         let small = Layout::from_size_align(size, 8).unwrap();
         let mut live = fill(&heap, small);
         let n = live.0.len();
-        live.free_all(&heap, &mut rng(150));
+        live.free_all(&heap, &mut rng(150 + k as u64));
         let empty = heap.assert_empty("after freeing the small objects");
         let large = Layout::from_size_align(1 << 20, 8).unwrap();
         let expected = (empty.free_bytes + empty.span_free_bytes) >> 20;
@@ -292,8 +293,8 @@ fn large_objects_after_small_object_burst() {
         let full = heap.assert_healthy("full of 1 MiB objects");
         if larges.0.len() < expected {
             panic!(
-                "after {n} objects of {size} B were allocated and freed, {} objects of 1 MiB \
-                 fit, {expected} expected: the longest free run is {} pages\n\
+                "after {n} objects of {size} B were allocated and freed (order {k}), {} objects \
+                 of 1 MiB fit, {expected} expected: the longest free run is {} pages\n\
                  empty: {empty}\nfull: {full}",
                 larges.0.len(),
                 longest_run(&heap, full.free_bytes / PAGE)
