@@ -36,6 +36,7 @@
 //!   span, or the first page of a live large or pages span;
 //! - every page outside the usable bits is marked in use in the page bitmap.
 
+use crate::list::{Links, List, Node};
 use crate::page_bitmap::PageBitmap;
 use crate::size_class::PAGE_SIZE;
 use crate::span::Span;
@@ -50,15 +51,13 @@ const DESCRIPTOR_BYTES: usize = size_of::<Span>().next_multiple_of(16);
 pub(crate) struct Arena {
     /// First address of the window.
     pub(crate) base: usize,
-    /// Pages in the window.
-    pub(crate) pages: usize,
     /// Page bitmap with summaries: 1 = in use or unavailable.
     pub(crate) bitmap: PageBitmap,
     span_map: NonNull<AtomicU32>,
     usable: NonNull<u64>,
     dirty: NonNull<u64>,
-    /// Slabs with at least one free slot (doubly linked through their headers).
-    open_slabs: *mut Slab,
+    /// Slabs with at least one free slot.
+    open_slabs: List<Slab>,
     /// The lowest slab page placed in the slab zone (the zone grows down from the
     /// top of the usable memory).
     slab_floor: usize,
@@ -73,7 +72,7 @@ pub(crate) struct Arena {
 }
 
 /// The parts of an arena's metadata block, as byte offsets from its start.
-struct Layout {
+struct MetadataLayout {
     span_map: usize,
     usable: usize,
     dirty: usize,
@@ -81,7 +80,7 @@ struct Layout {
     total: usize,
 }
 
-impl Layout {
+impl MetadataLayout {
     const fn of(pages: usize) -> Self {
         let span_map = size_of::<Arena>().next_multiple_of(64);
         let usable = span_map + (pages * 4).next_multiple_of(8);
@@ -101,7 +100,7 @@ impl Layout {
 impl Arena {
     /// Pages of metadata an arena of `pages` pages needs at creation.
     pub(crate) const fn metadata_pages_for(pages: usize) -> usize {
-        Layout::of(pages).total.div_ceil(PAGE_SIZE)
+        MetadataLayout::of(pages).total.div_ceil(PAGE_SIZE)
     }
 
     /// Creates the arena of the window at `base` with its metadata block at `at`.
@@ -114,12 +113,12 @@ impl Arena {
     ///    pages from `at` are usable memory owned by the heap and unused;
     /// 2. `base` is aligned to `pages * PAGE_SIZE`.
     pub(crate) unsafe fn create(base: usize, pages: usize, at: usize) -> NonNull<Arena> {
-        let layout = Layout::of(pages);
+        let layout = MetadataLayout::of(pages);
         let block = at as *mut u8;
         // SAFETY: by (1) the block is writable and exclusively ours; zeroing it
         // initialises the span map (no spans), usable and dirty bits (none).
         unsafe { ptr::write_bytes(block, 0, layout.total) };
-        // SAFETY: the bitmap storage lies inside the block, 8-aligned (Layout offsets
+        // SAFETY: the bitmap storage lies inside the block, 8-aligned (MetadataLayout offsets
         // are multiples of 8 from a page-aligned start), sized by metadata_bytes, and
         // is owned by this arena from now on.
         let bitmap =
@@ -130,12 +129,11 @@ impl Arena {
         };
         let arena = Arena {
             base,
-            pages,
             bitmap,
             span_map: offset(layout.span_map).cast(),
             usable: offset(layout.usable).cast(),
             dirty: offset(layout.dirty).cast(),
-            open_slabs: ptr::null_mut(),
+            open_slabs: List::new(),
             slab_floor: 0,
             usable_top: 0,
             managed_pages: 0,
@@ -144,7 +142,7 @@ impl Arena {
         };
         let header = block.cast::<Arena>();
         // SAFETY: the header is at the page-aligned start of the block, which is large
-        // enough (Layout puts the span map after it).
+        // enough (MetadataLayout puts the span map after it).
         unsafe { header.write(arena) };
         // SAFETY: just written; non-null as `at` is a page of the window.
         let mut arena = unsafe { NonNull::new_unchecked(header) };
@@ -158,9 +156,14 @@ impl Arena {
         arena
     }
 
+    /// Pages in the window.
+    pub(crate) fn pages(&self) -> usize {
+        self.bitmap.pages()
+    }
+
     /// One past the last address of the window.
     pub(crate) fn end(&self) -> usize {
-        self.base + self.pages * PAGE_SIZE
+        self.base + self.pages() * PAGE_SIZE
     }
 
     /// The page index of `addr` inside the window.
@@ -176,8 +179,8 @@ impl Arena {
     fn set_bits(ptr: NonNull<u64>, first: usize, n: usize) {
         let words = ptr.as_ptr();
         for page in first..first + n {
-            // SAFETY: `page` < self.pages (callers pass ranges inside the window), so
-            // the word is inside the bit array the Layout reserved.
+            // SAFETY: `page` < self.pages() (callers pass ranges inside the window), so
+            // the word is inside the bit array the MetadataLayout reserved.
             unsafe { *words.add(page / 64) |= 1 << (page % 64) };
         }
     }
@@ -234,7 +237,7 @@ impl Arena {
     }
 
     fn map_entry(&self, page: usize) -> &AtomicU32 {
-        debug_assert!(page < self.pages);
+        debug_assert!(page < self.pages());
         // SAFETY: the span map holds one AtomicU32 per page of the window and lives as
         // long as the arena.
         unsafe { &*self.span_map.as_ptr().add(page) }
@@ -263,56 +266,27 @@ impl Arena {
     /// A descriptor slot from the first slab with a free slot; takes a new slab page
     /// from this arena when none has one. `None` when the arena has no free page.
     pub(crate) fn alloc_descriptor(&mut self) -> Option<NonNull<Span>> {
-        if self.open_slabs.is_null() {
+        if self.open_slabs.len() == 0 {
             let page = self.take_slab_page()?;
             self.metadata_pages += 1;
             // SAFETY: the page was just taken from the bitmap: ours, unused, in the
-            // window.
-            let slab = unsafe { Slab::init(self.addr_of(page)) };
-            self.link_open(slab);
+            // window; the new slab is on no list.
+            unsafe { self.open_slabs.push(Slab::init(self.addr_of(page))) };
         }
-        let slab = self.open_slabs;
+        let slab = self.open_slabs.head();
         // SAFETY: slabs on the open list are initialised slab pages of this arena with
         // a non-empty free list.
         let slot = unsafe {
             let slot = (*slab).free;
-            (*slab).free = (*slot).next;
+            (*slab).free = (*slot).links.next;
             (*slab).live += 1;
             if (*slab).free.is_null() {
-                self.unlink_open(slab);
+                self.open_slabs.remove(slab);
             }
             slot
         };
         self.descriptors += 1;
         NonNull::new(slot)
-    }
-
-    fn link_open(&mut self, slab: *mut Slab) {
-        // SAFETY: `slab` is an initialised slab header of this arena on no list; the
-        // list head, if any, is one too.
-        unsafe {
-            (*slab).prev = ptr::null_mut();
-            (*slab).next = self.open_slabs;
-            if !self.open_slabs.is_null() {
-                (*self.open_slabs).prev = slab;
-            }
-        }
-        self.open_slabs = slab;
-    }
-
-    fn unlink_open(&mut self, slab: *mut Slab) {
-        // SAFETY: `slab` is on the open list, so its neighbours are slab headers too.
-        unsafe {
-            let (prev, next) = ((*slab).prev, (*slab).next);
-            if prev.is_null() {
-                self.open_slabs = next;
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-        }
     }
 
     /// A page for a descriptor slab: the highest free page of the slab zone (from
@@ -348,16 +322,18 @@ impl Arena {
         // slot is ours to link (caller).
         let (was_full, live) = unsafe {
             let was_full = (*slab).free.is_null();
-            (*span.as_ptr()).next = (*slab).free;
+            (*span.as_ptr()).links.next = (*slab).free;
             (*slab).free = span.as_ptr();
             (*slab).live -= 1;
             (was_full, (*slab).live)
         };
         if was_full {
-            self.link_open(slab);
+            // SAFETY: a full slab is on no list.
+            unsafe { self.open_slabs.push(slab) };
         }
         if live == 0 {
-            self.unlink_open(slab);
+            // SAFETY: a slab with a free slot is on the open list.
+            unsafe { self.open_slabs.remove(slab) };
             let page = self.page_of(slab as usize);
             self.bitmap.free_range(page, 1);
             self.metadata_pages -= 1;
@@ -373,12 +349,20 @@ impl Arena {
 
 /// The header of a descriptor slab page, in its first descriptor slot.
 struct Slab {
-    /// Free slots of this page, linked through `Span::next`.
+    /// Free slots of this page, linked through `Span::links.next`.
     free: *mut Span,
     /// Slots in use.
     live: usize,
-    prev: *mut Slab,
-    next: *mut Slab,
+    /// Links of the arena's list of slabs with a free slot.
+    links: Links<Slab>,
+}
+
+// SAFETY: `links` projects to the slab's own `links` field without reading it.
+unsafe impl Node for Slab {
+    fn links(node: *mut Self) -> *mut Links<Self> {
+        // SAFETY: a field projection of the caller's pointer; nothing is read.
+        unsafe { ptr::addr_of_mut!((*node).links) }
+    }
 }
 
 const _: () = assert!(size_of::<Slab>() <= DESCRIPTOR_BYTES);
@@ -396,14 +380,13 @@ impl Slab {
             let span = (page + slot * DESCRIPTOR_BYTES) as *mut Span;
             // SAFETY: the slot is inside the page (caller: ours); only the link of the
             // free list is written, the rest is written by the span's init.
-            unsafe { ptr::addr_of_mut!((*span).next).write(free) };
+            unsafe { ptr::addr_of_mut!((*span).links.next).write(free) };
             free = span;
         }
         let header = Slab {
             free,
             live: 0,
-            prev: ptr::null_mut(),
-            next: ptr::null_mut(),
+            links: Links::new(),
         };
         // SAFETY: slot 0 of the page, large enough (const assert above).
         unsafe { slab.write(header) };

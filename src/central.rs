@@ -26,9 +26,10 @@
 //!   counts them.
 
 use crate::arena::Arena;
+use crate::list::List;
 use crate::page_heap::PageHeap;
 use crate::size_class::SizeClass;
-use crate::span::{Span, SpanList, SpanQueue};
+use crate::span::{Span, SpanList};
 use core::ptr::NonNull;
 use spin::Mutex;
 
@@ -41,9 +42,9 @@ pub(crate) const RESERVE_SPANS: usize = 1;
 
 /// The lists of one size class.
 pub(crate) struct CentralLists {
-    partial: [SpanQueue; BUCKETS],
+    partial: [List<Span>; BUCKETS],
     nonempty: u8,
-    reserve: SpanQueue,
+    reserve: List<Span>,
     /// Objects handed out from this class's spans.
     pub(crate) allocated: usize,
     /// Spans of this class (on lists or full).
@@ -60,9 +61,9 @@ impl Central {
     pub(crate) const fn new() -> Self {
         Self {
             lists: Mutex::new(CentralLists {
-                partial: [const { SpanQueue::new() }; BUCKETS],
+                partial: [const { List::new() }; BUCKETS],
                 nonempty: 0,
-                reserve: SpanQueue::new(),
+                reserve: List::new(),
                 allocated: 0,
                 spans: 0,
             }),
@@ -105,22 +106,28 @@ impl CentralLists {
                 unsafe { NonNull::new_unchecked(self.partial[b].head()) }
             }
         };
-        // SAFETY: the span is a live small span of this class, on one of our lists or
-        // on none, and so exclusively ours under the central lock.
-        let s = unsafe { &mut *span.as_ptr() };
-        let (index, zeroed) = s.take_object()?;
+        // The reference ends before the list moves below re-borrow the span.
+        let (addr, zeroed, list, stays) = {
+            // SAFETY: the span is a live small span of this class, on one of our lists
+            // or on none, and so exclusively ours under the central lock.
+            let s = unsafe { &mut *span.as_ptr() };
+            let (index, zeroed) = s.take_object()?;
+            let stays =
+                matches!(s.list, SpanList::Partial(b) if !s.is_full() && bucket(s) == b as usize);
+            (s.object_addr(index), zeroed, s.list, stays)
+        };
         self.allocated += 1;
-        match s.list {
+        match list {
             // The common case: the span stays where it is.
-            SpanList::Partial(b) if !s.is_full() && bucket(s) == b as usize => {}
+            _ if stays => {}
             SpanList::Partial(b) => {
                 self.unlink_at(span, b as usize);
                 self.file(span);
             }
             _ => self.file(span),
         }
-        // SAFETY: an object index of the span gives a non-null address inside it.
-        let addr = unsafe { NonNull::new_unchecked(s.object_addr(index) as *mut u8) };
+        // SAFETY: an object address of a span is inside the heap, so non-null.
+        let addr = unsafe { NonNull::new_unchecked(addr as *mut u8) };
         Some(Object { addr, zeroed })
     }
 
@@ -164,18 +171,22 @@ impl CentralLists {
     /// `span` is a live small span of this class and object `index` of it is
     /// allocated.
     pub(crate) unsafe fn put(&mut self, span: NonNull<Span>, index: usize) -> Released {
-        // SAFETY: live span of this class (caller), ours under the central lock.
-        let s = unsafe { &mut *span.as_ptr() };
-        let before = s.list;
-        s.put_object(index);
+        // The reference ends before the list moves below re-borrow the span.
+        let (before, allocated, now, base) = {
+            // SAFETY: live span of this class (caller), ours under the central lock.
+            let s = unsafe { &mut *span.as_ptr() };
+            let before = s.list;
+            s.put_object(index);
+            (before, s.allocated, bucket(s), s.base)
+        };
         self.allocated -= 1;
         if let SpanList::Partial(b) = before {
-            if bucket(s) == b as usize && s.allocated != 0 {
+            if now == b as usize && allocated != 0 {
                 return Released::Kept;
             }
             self.unlink_at(span, b as usize);
         }
-        if s.allocated != 0 {
+        if allocated != 0 {
             self.file(span);
             return Released::Kept;
         }
@@ -185,7 +196,7 @@ impl CentralLists {
         // SAFETY: a reserve head is a live descriptor of this class.
         let release = if self.reserve.len() < RESERVE_SPANS {
             None
-        } else if unsafe { (*kept).base } > s.base {
+        } else if unsafe { (*kept).base } > base {
             // SAFETY: `kept` is on the reserve list.
             unsafe {
                 self.reserve.remove(kept);
@@ -196,9 +207,11 @@ impl CentralLists {
             Some(span)
         };
         if release != Some(span) {
-            s.list = SpanList::Reserve;
-            // SAFETY: the span is on no list now.
-            unsafe { self.reserve.push(span.as_ptr()) };
+            // SAFETY: the span is ours and on no list now.
+            unsafe {
+                (*span.as_ptr()).list = SpanList::Reserve;
+                self.reserve.push(span.as_ptr());
+            }
         }
         match release {
             Some(empty) => {

@@ -40,6 +40,7 @@ mod arena;
 pub mod bootinfo;
 mod central;
 mod heap;
+mod list;
 mod page_bitmap;
 mod page_heap;
 mod range;

@@ -375,7 +375,6 @@ impl PageBitmap {
     }
 
     /// Pages in the arena.
-    #[cfg_attr(not(test), allow(dead_code, reason = "page-heap API not called yet"))]
     pub(crate) const fn pages(&self) -> usize {
         self.pages
     }
@@ -403,7 +402,6 @@ impl PageBitmap {
     }
 
     /// `true` when page `page` is free (`false` outside the arena).
-    #[cfg_attr(not(test), allow(dead_code, reason = "page-heap API not called yet"))]
     pub(crate) fn is_free(&self, page: usize) -> bool {
         page < self.pages && self.words()[page / WORD_PAGES] & (1 << (page % WORD_PAGES)) == 0
     }

@@ -221,7 +221,7 @@ impl PageHeap {
         for &arena in &self.arenas[..self.count] {
             // SAFETY: live arena; the page lock is held (we have &mut self).
             let arena = unsafe { &mut *arena };
-            if pages > arena.pages {
+            if pages > arena.pages() {
                 continue;
             }
             if arena.bitmap.root().max() < pages {
@@ -244,11 +244,14 @@ impl PageHeap {
     /// A new small span of `class`, recorded in the span map on every page.
     pub(crate) fn new_small_span(&mut self, class: SizeClass) -> Option<NonNull<Span>> {
         let pages = class.pages();
-        let (arena, mut span, first) = self.take_run(pages, 1)?;
+        let (arena, span, first) = self.take_run(pages, 1)?;
         let zeroed = !arena.is_dirty(first, pages);
         arena.mark_dirty(first, pages);
-        // SAFETY: a fresh descriptor slot owned by us.
-        unsafe { span.as_mut() }.init_small(arena.addr_of(first), class, zeroed);
+        // SAFETY: a fresh descriptor slot owned by us; `write` initialises all of it.
+        unsafe {
+            span.as_ptr()
+                .write(Span::small(arena.addr_of(first), class, zeroed))
+        };
         arena.set_span(first, pages, span.as_ptr());
         Some(span)
     }
@@ -261,11 +264,14 @@ impl PageHeap {
         align: usize,
         kind: SpanKind,
     ) -> Option<NewSpan> {
-        let (arena, mut span, first) = self.take_run(pages, align)?;
+        let (arena, span, first) = self.take_run(pages, align)?;
         let dirty = arena.is_dirty(first, pages);
         arena.mark_dirty(first, pages);
-        // SAFETY: a fresh descriptor slot owned by us.
-        unsafe { span.as_mut() }.init_whole(arena.addr_of(first), pages, kind);
+        // SAFETY: a fresh descriptor slot owned by us; `write` initialises all of it.
+        unsafe {
+            span.as_ptr()
+                .write(Span::whole(arena.addr_of(first), pages, kind))
+        };
         arena.set_span(first, 1, span.as_ptr());
         match kind {
             SpanKind::Large => {
@@ -330,7 +336,7 @@ impl PageHeap {
         } else {
             let extra = new_pages - old;
             let tail = first + old;
-            if tail + extra > arena.pages || arena.bitmap.free_run_from(tail, extra) < extra {
+            if tail + extra > arena.pages() || arena.bitmap.free_run_from(tail, extra) < extra {
                 return None;
             }
             arena.bitmap.alloc_range(tail, extra);

@@ -20,6 +20,7 @@
 //!   cache moves to their word);
 //! - `0 <= allocated <= objects`, and object `i` lies at `base + i * object_size`.
 
+use crate::list::{Links, Node};
 use crate::size_class::{SizeClass, PAGE_SIZE};
 use bitflags::bitflags;
 use core::ptr;
@@ -92,66 +93,62 @@ pub(crate) struct Span {
     pub(crate) list: SpanList,
     /// Free bits (1 = free) of `bits[cache_word]` not yet taken.
     pub(crate) alloc_cache: u64,
-    /// Previous span on the same list.
-    pub(crate) prev: *mut Span,
-    /// Next span on the same list (also the link of the descriptor free list).
-    pub(crate) next: *mut Span,
+    /// Links of the central list the span is on; `links.next` also links free
+    /// descriptor slots in their slab.
+    pub(crate) links: Links<Span>,
     /// Object bitmap: bit `i` set means object `i` is allocated (or padding).
     pub(crate) bits: [u64; BITMAP_WORDS],
 }
 
 impl Span {
-    /// Initialises a descriptor for a small span of `class` at `base`.
-    pub(crate) fn init_small(&mut self, base: usize, class: SizeClass, zeroed: bool) {
-        let objects = class.objects();
-        self.base = base;
-        self.pages = class.pages() as u32;
-        self.object_size = class.size() as u32;
-        self.magic = class.magic();
-        self.objects = objects as u16;
-        self.allocated = 0;
-        self.class = class.index() as u8;
-        self.kind = SpanKind::Small;
-        self.flags = if zeroed {
-            SpanFlags::ZEROED
-        } else {
-            SpanFlags::empty()
-        };
-        self.fresh_limit = 0;
-        self.list = SpanList::None;
-        self.prev = ptr::null_mut();
-        self.next = ptr::null_mut();
-        for (w, word) in self.bits.iter_mut().enumerate() {
-            // Padding bits past the last object are permanently "allocated".
-            let first = w * 64;
-            *word = match objects.saturating_sub(first) {
-                0 => u64::MAX,
-                n if n >= 64 => 0,
-                n => u64::MAX << n,
-            };
+    /// The descriptor of a large or pages span of `pages` pages at `base`: one
+    /// object, allocated.
+    pub(crate) fn whole(base: usize, pages: usize, kind: SpanKind) -> Span {
+        Span {
+            base,
+            pages: pages as u32,
+            object_size: (pages * PAGE_SIZE).min(u32::MAX as usize) as u32,
+            magic: 0,
+            objects: 1,
+            allocated: 1,
+            cache_word: 0,
+            fresh_limit: 1,
+            class: 0,
+            kind,
+            flags: SpanFlags::empty(),
+            list: SpanList::None,
+            alloc_cache: 0,
+            links: Links::new(),
+            bits: [u64::MAX; BITMAP_WORDS],
         }
-        self.cache_word = 0;
-        self.alloc_cache = !self.bits[0];
     }
 
-    /// Initialises a descriptor for a large or pages span of `pages` pages at `base`.
-    pub(crate) fn init_whole(&mut self, base: usize, pages: usize, kind: SpanKind) {
-        self.base = base;
-        self.pages = pages as u32;
-        self.object_size = (pages * PAGE_SIZE).min(u32::MAX as usize) as u32;
-        self.magic = 0;
-        self.objects = 1;
-        self.allocated = 1;
-        self.class = 0;
-        self.kind = kind;
-        self.flags = SpanFlags::empty();
-        self.fresh_limit = 1;
-        self.list = SpanList::None;
-        self.prev = ptr::null_mut();
-        self.next = ptr::null_mut();
-        self.bits = [u64::MAX; BITMAP_WORDS];
-        self.cache_word = 0;
-        self.alloc_cache = 0;
+    /// The descriptor of a small span of `class` at `base`, every object free.
+    /// `zeroed`: the span's pages hold zeroes.
+    pub(crate) fn small(base: usize, class: SizeClass, zeroed: bool) -> Span {
+        let objects = class.objects();
+        // Padding bits past the last object are permanently "allocated".
+        let bits = core::array::from_fn(|w| match objects.saturating_sub(w * 64) {
+            0 => u64::MAX,
+            n if n >= 64 => 0,
+            n => u64::MAX << n,
+        });
+        Span {
+            object_size: class.size() as u32,
+            magic: class.magic(),
+            objects: objects as u16,
+            allocated: 0,
+            fresh_limit: 0,
+            class: class.index() as u8,
+            flags: if zeroed {
+                SpanFlags::ZEROED
+            } else {
+                SpanFlags::empty()
+            },
+            alloc_cache: !bits[0],
+            bits,
+            ..Span::whole(base, class.pages(), SpanKind::Small)
+        }
     }
 
     /// Bytes covered by the span.
@@ -259,90 +256,10 @@ impl Span {
     }
 }
 
-/// An intrusive doubly-linked list of spans (links in the descriptors).
-pub(crate) struct SpanQueue {
-    head: *mut Span,
-    len: usize,
-}
-
-// SAFETY: a SpanQueue is only reached through the lock of the central that owns it;
-// the descriptors it points to are owned by that central while they are on the list.
-unsafe impl Send for SpanQueue {}
-
-impl SpanQueue {
-    /// An empty list.
-    pub(crate) const fn new() -> Self {
-        Self {
-            head: ptr::null_mut(),
-            len: 0,
-        }
-    }
-
-    /// Number of spans on the list.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// The first span, if any.
-    pub(crate) fn head(&self) -> *mut Span {
-        self.head
-    }
-
-    /// Pushes `span` at the front.
-    ///
-    /// # Safety
-    ///
-    /// `span` is a valid descriptor on no list, exclusively reachable by the caller.
-    pub(crate) unsafe fn push(&mut self, span: *mut Span) {
-        // SAFETY: the caller guarantees `span` is valid and on no list; the head, if
-        // any, is a valid descriptor on this list (list invariant).
-        unsafe {
-            (*span).prev = ptr::null_mut();
-            (*span).next = self.head;
-            if !self.head.is_null() {
-                (*self.head).prev = span;
-            }
-        }
-        self.head = span;
-        self.len += 1;
-    }
-
-    /// Unlinks `span` from this list.
-    ///
-    /// # Safety
-    ///
-    /// `span` is a valid descriptor on this list.
-    pub(crate) unsafe fn remove(&mut self, span: *mut Span) {
-        // SAFETY: `span` is on this list (caller), so its neighbours are valid
-        // descriptors on this list too.
-        unsafe {
-            let (prev, next) = ((*span).prev, (*span).next);
-            if prev.is_null() {
-                self.head = next;
-            } else {
-                (*prev).next = next;
-            }
-            if !next.is_null() {
-                (*next).prev = prev;
-            }
-            (*span).prev = ptr::null_mut();
-            (*span).next = ptr::null_mut();
-        }
-        self.len -= 1;
-    }
-
-    /// Iterates over the spans of the list.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = *mut Span> + '_ {
-        let mut cursor = self.head;
-        core::iter::from_fn(move || {
-            if cursor.is_null() {
-                return None;
-            }
-            let span = cursor;
-            // SAFETY: every span on the list is a valid descriptor (list invariant)
-            // and the list is borrowed, so it does not change during the walk.
-            cursor = unsafe { (*span).next };
-            Some(span)
-        })
+// SAFETY: `links` projects to the span's own `links` field without reading it.
+unsafe impl Node for Span {
+    fn links(node: *mut Self) -> *mut Links<Self> {
+        // SAFETY: a field projection of the caller's pointer; nothing is read.
+        unsafe { ptr::addr_of_mut!((*node).links) }
     }
 }
