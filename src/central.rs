@@ -5,10 +5,12 @@
 //! when it has none, and gives a span back when its last object is freed (keeping a
 //! reserve of [`RESERVE_SPANS`] empty span, so that a free/alloc pair at the boundary
 //! does not bounce pages through the page heap; the heap trims every reserve before it
-//! reports out of memory). A larger reserve was measured: 64 KiB per class saved 10%
-//! of the instructions of the pairs benchmark but left scattered spans that kept a
-//! 1 MiB object out of an empty 8 MiB heap, so the reserve stays at one span. Full spans are on no list: the span map finds them when an
-//! object is freed.
+//! reports out of memory). Larger reserves were measured on the pairs benchmark: 64
+//! KiB per class kept at the highest address in use saved 10% of the instructions
+//! but kept a 1 MiB object out of an empty 8 MiB heap; 64 KiB per class kept at the
+//! lowest addresses passed the exhaustion tests but saved only 9% (391 to 356
+//! instructions a pair) while holding up to 4 MiB. The reserve stays at one span.
+//! Full spans are on no list: the span map finds them when an object is freed.
 //!
 //! Work under the lock is O(objects moved): choosing a span is a `leading_zeros` over
 //! the bucket mask, moving a span between buckets is an unlink and a push.
