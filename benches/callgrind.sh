@@ -6,7 +6,7 @@
 # (harness included: PRNG, slot load/store, the two byte writes; the `floor` row
 # measures that harness over a trivial LIFO allocator).
 #
-# usage: benches/callgrind.sh [allocator...]      (default: floor spanheap talc buddy lla)
+# usage: benches/callgrind.sh [allocator...]      (default: floor spanheap spanheap-uncached talc buddy lla)
 # env:   N1, N2          pair counts (default 100000 200000)
 #        LLA_N1, LLA_N2  for linked_list_allocator, ~12 us a pair natively (default 20000 40000)
 #        CARGO_TARGET_DIR as for cargo (default target/)
@@ -18,7 +18,7 @@ N1="${N1:-100000}"
 N2="${N2:-200000}"
 LLA_N1="${LLA_N1:-20000}"
 LLA_N2="${LLA_N2:-40000}"
-if [ "$#" -gt 0 ]; then allocators=("$@"); else allocators=(floor spanheap talc buddy lla); fi
+if [ "$#" -gt 0 ]; then allocators=("$@"); else allocators=(floor spanheap spanheap-uncached talc buddy lla); fi
 
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind not found" >&2; exit 1; }
 command -v jq >/dev/null || { echo "callgrind.sh: jq not found" >&2; exit 1; }

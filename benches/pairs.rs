@@ -11,7 +11,10 @@
 //! every page written once before the allocator sees it, so no page fault is timed),
 //! and is driven through `GlobalAlloc`, the way a kernel's `#[global_allocator]` is:
 //!
-//! - `spanheap`: `SpanHeap::new()` + `add_memory`;
+//! - `spanheap`: `SpanHeap<HostThreads>::new()` + `add_memory` (per-CPU caches, the
+//!   benchmark thread is CPU 0);
+//! - `spanheap-uncached`: `SpanHeap<Uncached>`: no caches, every operation through a
+//!   central's spin lock;
 //! - `talc`: `talc::TalcLock<spinning_top::RawSpinlock, Manual>` over a claimed heap
 //!   (the lock its documentation recommends);
 //! - `lla`: `linked_list_allocator::LockedHeap` (spinning_top spinlock);
@@ -256,9 +259,9 @@ impl Subject for buddy_system_allocator::LockedHeap<32> {
     }
 }
 
-impl Subject for spanheap::SpanHeap {
+impl<P: spanheap::platform::Platform> Subject for spanheap::SpanHeap<P> {
     unsafe fn over(region: &Region) -> Box<Self> {
-        let h = Box::new(spanheap::SpanHeap::new());
+        let h = Box::new(spanheap::SpanHeap::<P>::new());
         let range = spanheap::MemoryRange::new(region.start(), region.end());
         // SAFETY: as above.
         unsafe { h.add_memory(range) }.expect("spanheap add_memory");
@@ -336,14 +339,24 @@ fn run_once<A: Subject>(name: &str, w: &Workload, n: u64) -> Run {
 #[derive(Clone, Copy, PartialEq)]
 enum Which {
     SpanHeap,
+    Uncached,
     Talc,
     Lla,
     Buddy,
     Floor,
 }
 
-const ALL: [(Which, &str, &str); 5] = [
-    (Which::SpanHeap, "spanheap", "spanheap::SpanHeap"),
+const ALL: [(Which, &str, &str); 6] = [
+    (
+        Which::SpanHeap,
+        "spanheap",
+        "spanheap::SpanHeap<HostThreads> (per-CPU caches)",
+    ),
+    (
+        Which::Uncached,
+        "spanheap-uncached",
+        "spanheap::SpanHeap<Uncached> (centrals only)",
+    ),
     (
         Which::Talc,
         "talc",
@@ -364,7 +377,10 @@ const ALL: [(Which, &str, &str); 5] = [
 
 fn run_which(which: Which, name: &str, w: &Workload, n: u64) -> Run {
     match which {
-        Which::SpanHeap => run_once::<spanheap::SpanHeap>(name, w, n),
+        Which::SpanHeap => {
+            run_once::<spanheap::SpanHeap<spanheap::platform::HostThreads>>(name, w, n)
+        }
+        Which::Uncached => run_once::<spanheap::SpanHeap>(name, w, n),
         Which::Talc => run_once::<Talc>(name, w, n),
         Which::Lla => run_once::<linked_list_allocator::LockedHeap>(name, w, n),
         Which::Buddy => run_once::<buddy_system_allocator::LockedHeap<32>>(name, w, n),

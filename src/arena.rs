@@ -167,6 +167,7 @@ impl Arena {
     }
 
     /// The page index of `addr` inside the window.
+    #[inline]
     pub(crate) fn page_of(&self, addr: usize) -> usize {
         (addr - self.base) / PAGE_SIZE
     }
@@ -236,6 +237,7 @@ impl Arena {
         Self::set_bits(self.dirty, first, n);
     }
 
+    #[inline]
     fn map_entry(&self, page: usize) -> &AtomicU32 {
         debug_assert!(page < self.pages());
         // SAFETY: the span map holds one AtomicU32 per page of the window and lives as
@@ -244,6 +246,7 @@ impl Arena {
     }
 
     /// The span that page `page` belongs to (null if none is recorded there).
+    #[inline]
     pub(crate) fn span_at(&self, page: usize) -> *mut Span {
         match self.map_entry(page).load(Ordering::Relaxed) {
             0 => ptr::null_mut(),

@@ -6,6 +6,7 @@
 //! Physical memory below [`LOW_MEMORY_LIMIT`] (1 MiB) is left to the kernel: it holds
 //! the real-mode IVT and BIOS data and is where AP trampolines must live.
 
+use crate::platform::Platform;
 use crate::range::MemoryRange;
 use crate::SpanHeap;
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
@@ -74,8 +75,8 @@ pub struct BootMemory {
 /// The usable regions are not used by anything else (the bootloader's guarantee, as
 /// long as the kernel has not taken frames from them itself), and the physical-memory
 /// mapping stays in place while the heap lives.
-pub unsafe fn add_boot_memory(
-    heap: &SpanHeap,
+pub unsafe fn add_boot_memory<P: Platform>(
+    heap: &SpanHeap<P>,
     boot_info: &BootInfo,
 ) -> Result<BootMemory, BootInfoError> {
     let offset = physical_memory_offset(boot_info)?;

@@ -22,6 +22,8 @@
 //!
 //! # Layers, one module each
 //!
+//! - `platform`: the CPU index and the critical section ([`platform::Platform`]);
+//! - `cache`: per-CPU caches, one stack of free objects per class, no locks;
 //! - `size_class`: the pure, table-driven map from `(size, align)` to a size class;
 //! - `heap`: the front end, [`SpanHeap`] and its `GlobalAlloc`;
 //! - `central`: one spin-locked central per class, fuller spans first;
@@ -38,11 +40,13 @@
 mod arena;
 #[cfg(feature = "bootloader")]
 pub mod bootinfo;
+mod cache;
 mod central;
 mod heap;
 mod list;
 mod page_bitmap;
 mod page_heap;
+pub mod platform;
 mod range;
 pub mod size_class;
 mod span;
@@ -51,4 +55,4 @@ mod stats;
 pub use heap::{ErrorHook, FreeError, SpanHeap};
 pub use page_heap::MAX_ARENAS;
 pub use range::{AddMemoryError, Config, InitialContents, MemoryRange};
-pub use stats::{ClassStats, Stats};
+pub use stats::{ClassStats, CpuStats, Stats};

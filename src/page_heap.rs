@@ -100,6 +100,8 @@ pub(crate) struct PageHeap {
     pub(crate) large_objects: usize,
     /// Pages in live runs of the pages API.
     pub(crate) run_pages: usize,
+    /// Pages holding CPU caches.
+    pub(crate) cache_pages: usize,
 }
 
 // SAFETY: the arena pointers refer to metadata inside memory the heap owns; the page
@@ -115,6 +117,7 @@ impl PageHeap {
             large_pages: 0,
             large_objects: 0,
             run_pages: 0,
+            cache_pages: 0,
         }
     }
 
@@ -279,6 +282,7 @@ impl PageHeap {
                 self.large_objects += 1;
             }
             SpanKind::Pages => self.run_pages += pages,
+            SpanKind::Cache => self.cache_pages += pages,
             SpanKind::Small => unreachable!("small spans come from new_small_span"),
         }
         Some(NewSpan { span, dirty })
@@ -305,6 +309,10 @@ impl PageHeap {
             SpanKind::Pages => {
                 arena.set_span(first, 1, ptr::null_mut());
                 self.run_pages -= pages;
+            }
+            SpanKind::Cache => {
+                arena.set_span(first, 1, ptr::null_mut());
+                self.cache_pages -= pages;
             }
         }
         arena.free_pages(first, pages);

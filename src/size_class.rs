@@ -479,7 +479,12 @@ impl SizeClass {
     /// The class index, in `1..NUM_CLASSES`.
     #[inline]
     pub const fn index(self) -> usize {
-        self.0.get() as usize
+        let index = self.0.get() as usize;
+        // SAFETY: a `SizeClass` is only made by `from_index`, which refuses indices
+        // of `NUM_CLASSES` and more. Stating it lets tables indexed by class skip
+        // their bounds checks.
+        unsafe { core::hint::assert_unchecked(index < NUM_CLASSES) };
+        index
     }
 
     #[inline]

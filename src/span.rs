@@ -24,6 +24,7 @@ use crate::list::{Links, Node};
 use crate::size_class::{SizeClass, PAGE_SIZE};
 use bitflags::bitflags;
 use core::ptr;
+use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// Words of the object bitmap: enough for the class with the most objects per span.
 pub(crate) const BITMAP_WORDS: usize = 8;
@@ -40,6 +41,8 @@ pub(crate) enum SpanKind {
     Large,
     /// A run handed out by `alloc_pages`.
     Pages,
+    /// A CPU's cache (heap metadata).
+    Cache,
 }
 
 bitflags! {
@@ -96,8 +99,10 @@ pub(crate) struct Span {
     /// Links of the central list the span is on; `links.next` also links free
     /// descriptor slots in their slab.
     pub(crate) links: Links<Span>,
-    /// Object bitmap: bit `i` set means object `i` is allocated (or padding).
-    pub(crate) bits: [u64; BITMAP_WORDS],
+    /// Object bitmap: bit `i` set means object `i` is allocated (or padding). Written
+    /// only under the central lock (plain load and store, no read-modify-write);
+    /// atomic so that a free on a CPU's fast path may read it without the lock.
+    pub(crate) bits: [AtomicU64; BITMAP_WORDS],
 }
 
 impl Span {
@@ -119,7 +124,7 @@ impl Span {
             list: SpanList::None,
             alloc_cache: 0,
             links: Links::new(),
-            bits: [u64::MAX; BITMAP_WORDS],
+            bits: [const { AtomicU64::new(u64::MAX) }; BITMAP_WORDS],
         }
     }
 
@@ -128,11 +133,12 @@ impl Span {
     pub(crate) fn small(base: usize, class: SizeClass, zeroed: bool) -> Span {
         let objects = class.objects();
         // Padding bits past the last object are permanently "allocated".
-        let bits = core::array::from_fn(|w| match objects.saturating_sub(w * 64) {
-            0 => u64::MAX,
-            n if n >= 64 => 0,
-            n => u64::MAX << n,
-        });
+        let bits: [u64; BITMAP_WORDS] =
+            core::array::from_fn(|w| match objects.saturating_sub(w * 64) {
+                0 => u64::MAX,
+                n if n >= 64 => 0,
+                n => u64::MAX << n,
+            });
         Span {
             object_size: class.size() as u32,
             magic: class.magic(),
@@ -146,7 +152,7 @@ impl Span {
                 SpanFlags::empty()
             },
             alloc_cache: !bits[0],
-            bits,
+            bits: bits.map(AtomicU64::new),
             ..Span::whole(base, class.pages(), SpanKind::Small)
         }
     }
@@ -180,7 +186,7 @@ impl Span {
         debug_assert!(bit < 64, "a span that is not full has a free bit");
         self.alloc_cache &= self.alloc_cache - 1;
         let word = self.cache_word as usize;
-        self.bits[word] |= 1 << bit;
+        self.set_word(word, self.word(word) | 1 << bit);
         self.allocated += 1;
         let index = word * 64 + bit;
         let fresh = self.flags.contains(SpanFlags::ZEROED) && index >= self.fresh_limit as usize;
@@ -197,9 +203,9 @@ impl Span {
         let start = self.cache_word as usize;
         for step in 0..BITMAP_WORDS {
             let word = (start + step) % BITMAP_WORDS;
-            if self.bits[word] != u64::MAX {
+            if self.word(word) != u64::MAX {
                 self.cache_word = word as u16;
-                self.alloc_cache = !self.bits[word];
+                self.alloc_cache = !self.word(word);
                 return;
             }
         }
@@ -219,9 +225,21 @@ impl Span {
             .then_some(index)
     }
 
-    /// `true` when object `index` is allocated.
+    /// Word `w` of the object bitmap.
+    #[inline]
+    pub(crate) fn word(&self, w: usize) -> u64 {
+        self.bits[w].load(Relaxed)
+    }
+
+    fn set_word(&self, w: usize, value: u64) {
+        self.bits[w].store(value, Relaxed);
+    }
+
+    /// `true` when object `index` is allocated. Without the central lock the answer
+    /// is only stable for an object the caller owns (then it is `true`).
+    #[inline]
     pub(crate) fn is_allocated(&self, index: usize) -> bool {
-        self.bits[index / 64] & (1 << (index % 64)) != 0
+        self.word(index / 64) & (1 << (index % 64)) != 0
     }
 
     /// Returns object `index` to the span. The caller has checked that it is
@@ -229,7 +247,7 @@ impl Span {
     pub(crate) fn put_object(&mut self, index: usize) {
         debug_assert!(self.is_allocated(index));
         let (word, bit) = (index / 64, index % 64);
-        self.bits[word] &= !(1 << bit);
+        self.set_word(word, self.word(word) & !(1 << bit));
         if word == self.cache_word as usize {
             self.alloc_cache |= 1 << bit;
         }
@@ -242,11 +260,13 @@ impl Span {
             return Ok(());
         }
         let padding = BITMAP_WORDS * 64 - self.objects as usize;
-        let set: usize = self.bits.iter().map(|w| w.count_ones() as usize).sum();
+        let set: usize = (0..BITMAP_WORDS)
+            .map(|w| self.word(w).count_ones() as usize)
+            .sum();
         if set - padding != self.allocated as usize {
             return Err("span: allocated count differs from the object bitmap");
         }
-        if self.alloc_cache & self.bits[self.cache_word as usize] != 0 {
+        if self.alloc_cache & self.word(self.cache_word as usize) != 0 {
             return Err("span: alloc cache offers an allocated object");
         }
         if self.objects as usize * self.object_size as usize > self.bytes() {

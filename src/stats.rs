@@ -13,7 +13,7 @@
 //!   reserve spans);
 //! - `free`: bytes of free pages in the page heap;
 //! - `cached`: bytes held in per-CPU caches (0 until the caches exist);
-//! - `metadata`: arena metadata and span-descriptor slabs.
+//! - `metadata`: arena metadata, span-descriptor slabs and the CPU caches' own pages.
 
 use crate::size_class::NUM_CLASSES;
 use core::fmt;
@@ -23,12 +23,43 @@ use core::fmt;
 pub struct ClassStats {
     /// Object size of the class.
     pub size: usize,
-    /// Objects in use.
+    /// Objects in use (handed out, not in a CPU cache).
     pub objects: usize,
+    /// Objects held in CPU caches.
+    pub cached: usize,
     /// Spans of the class.
     pub spans: usize,
     /// Bytes of the class's spans.
     pub span_bytes: usize,
+}
+
+/// Counters of one CPU's cache.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CpuStats {
+    /// Small allocations the CPU served from its cache.
+    pub allocs: usize,
+    /// Small frees the CPU took into its cache.
+    pub frees: usize,
+    /// Batches taken from the centrals.
+    pub refills: usize,
+    /// Batches given back to the centrals.
+    pub flushes: usize,
+    /// Bytes of objects in the cache now.
+    pub cached_bytes: usize,
+}
+
+impl fmt::Display for CpuStats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "allocs {} frees {} refills {} flushes {} cached {} KiB",
+            self.allocs,
+            self.frees,
+            self.refills,
+            self.flushes,
+            kib(self.cached_bytes)
+        )
+    }
 }
 
 /// A consistent snapshot of the heap (see the module docs for the equation).
@@ -56,6 +87,8 @@ pub struct Stats {
     pub cached_bytes: usize,
     /// Arenas.
     pub arenas: usize,
+    /// CPUs with a cache.
+    pub cpu_caches: usize,
     /// Frees refused as wrong (foreign, interior, wrong layout, double).
     pub bad_frees: usize,
     /// Per size class.
@@ -76,6 +109,7 @@ impl Default for Stats {
             free_bytes: 0,
             cached_bytes: 0,
             arenas: 0,
+            cpu_caches: 0,
             bad_frees: 0,
             classes: [ClassStats::default(); NUM_CLASSES],
         }
@@ -113,9 +147,10 @@ impl fmt::Display for Stats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "heap: {} arenas, {} KiB managed",
+            "heap: {} arenas, {} KiB managed, {} CPU caches",
             self.arenas,
-            kib(self.managed_bytes)
+            kib(self.managed_bytes),
+            self.cpu_caches
         )?;
         writeln!(
             f,
@@ -144,15 +179,16 @@ impl fmt::Display for Stats {
         writeln!(f, "  bad frees: {}", self.bad_frees)?;
         writeln!(
             f,
-            "  {:>6} {:>9} {:>6} {:>10}",
-            "class", "objects", "spans", "span KiB"
+            "  {:>6} {:>9} {:>7} {:>6} {:>10}",
+            "class", "objects", "cached", "spans", "span KiB"
         )?;
         for c in self.classes.iter().filter(|c| c.spans > 0 || c.objects > 0) {
             writeln!(
                 f,
-                "  {:>6} {:>9} {:>6} {:>10}",
+                "  {:>6} {:>9} {:>7} {:>6} {:>10}",
                 c.size,
                 c.objects,
+                c.cached,
                 c.spans,
                 kib(c.span_bytes)
             )?;

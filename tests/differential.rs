@@ -52,6 +52,7 @@ use common::{
     check_pattern, env_u64, fill_pattern, first_nonzero, pattern_seed, skewed_align, skewed_size,
     Backing, Rng, PAGE,
 };
+use spanheap::platform::{HostThreads, Platform, Uncached};
 use spanheap::{Config, MemoryRange, SpanHeap};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, RefCell};
@@ -269,8 +270,8 @@ enum Entry {
 }
 
 /// A [`SpanHeap`] over backing memory, optionally fed more ranges as the run goes.
-struct HeapBackend {
-    heap: SpanHeap,
+struct HeapBackend<P: Platform> {
+    heap: SpanHeap<P>,
     entry: Entry,
     /// The ranges given to the heap so far.
     added: RefCell<Vec<MemoryRange>>,
@@ -280,7 +281,7 @@ struct HeapBackend {
     _backing: Backing,
 }
 
-impl HeapBackend {
+impl<P: Platform> HeapBackend<P> {
     /// A heap with `config` over `backing`, given `initial` now and each of `later`
     /// before its operation index.
     fn new(
@@ -313,10 +314,17 @@ impl HeapBackend {
     }
 }
 
-impl Backend for HeapBackend {
+impl<P: Platform> Backend for HeapBackend<P> {
     fn name(&self) -> String {
         let arena = self.heap.config().arena_size >> 20;
-        format!("SpanHeap ({:?}, {arena} MiB arenas)", self.entry)
+        let platform = std::any::type_name::<P>()
+            .rsplit("::")
+            .next()
+            .unwrap_or("?");
+        format!(
+            "SpanHeap<{platform}> ({:?}, {arena} MiB arenas)",
+            self.entry
+        )
     }
     fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
         match self.entry {
@@ -1085,7 +1093,7 @@ fn spanheap_differential() {
     let size = 256 << 20;
     let backing = Backing::new(size, 1 << 21);
     let range = MemoryRange::new(backing.start(), backing.end());
-    let heap = HeapBackend::new(
+    let heap = HeapBackend::<HostThreads>::new(
         Config::default(),
         Entry::Inherent,
         backing,
@@ -1133,7 +1141,8 @@ fn spanheap_differential_hot_add_small_arenas() {
         arena_size: 4 << 20,
         ..Config::default()
     };
-    let heap = HeapBackend::new(config, Entry::Inherent, backing, &ranges[..first], later);
+    let heap =
+        HeapBackend::<HostThreads>::new(config, Entry::Inherent, backing, &ranges[..first], later);
     let params = Params::new(
         "spanheap_differential_hot_add_small_arenas",
         0x5a4e_4ea9_0002,
@@ -1157,7 +1166,8 @@ fn spanheap_differential_near_full() {
         arena_size: 8 << 20,
         ..Config::default()
     };
-    let heap = HeapBackend::new(config, Entry::Inherent, backing, &[range], Vec::new());
+    let heap =
+        HeapBackend::<HostThreads>::new(config, Entry::Inherent, backing, &[range], Vec::new());
     let mut params = Params::new(
         "spanheap_differential_near_full",
         0x5a4e_4ea9_0004,
@@ -1181,12 +1191,36 @@ fn spanheap_differential_global_alloc() {
         arena_size: 16 << 20,
         ..Config::default()
     };
-    let heap = HeapBackend::new(config, Entry::GlobalAlloc, backing, &[range], Vec::new());
+    let heap =
+        HeapBackend::<HostThreads>::new(config, Entry::GlobalAlloc, backing, &[range], Vec::new());
     let params = Params::new(
         "spanheap_differential_global_alloc",
         0x5a4e_4ea9_0003,
         main_ops() / 4,
         2_500,
+    );
+    Runner::new(&heap, params).run();
+}
+
+/// Without per-CPU caches ([`Uncached`]): every operation through the centrals. 128
+/// MiB, default arenas, a quarter of the main run's operations.
+#[test]
+fn spanheap_differential_uncached() {
+    let size = 128 << 20;
+    let backing = Backing::new(size, 1 << 21);
+    let range = MemoryRange::new(backing.start(), backing.end());
+    let heap = HeapBackend::<Uncached>::new(
+        Config::default(),
+        Entry::Inherent,
+        backing,
+        &[range],
+        Vec::new(),
+    );
+    let params = Params::new(
+        "spanheap_differential_uncached",
+        0x5a4e_4ea9_0005,
+        main_ops() / 4,
+        5_000,
     );
     Runner::new(&heap, params).run();
 }

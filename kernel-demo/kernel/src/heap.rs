@@ -7,14 +7,29 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use bootloader_api::BootInfo;
 use core::fmt::Write;
+use spanheap::platform::X86_64;
 use spanheap::{bootinfo, SpanHeap};
 
-/// The heap every spanheap kernel allocates from.
+/// The heap every spanheap kernel allocates from: per-CPU caches, the CPU index in
+/// `IA32_TSC_AUX`, interrupts off inside the heap.
 #[global_allocator]
-pub static HEAP: SpanHeap = SpanHeap::new();
+pub static HEAP: SpanHeap<X86_64> = SpanHeap::new();
 
-/// Gives the bootloader's usable memory to [`HEAP`] and prints what it took.
+/// Registers the running CPU with the heap as CPU `index` (its cache is created at its
+/// first allocation) and prints the outcome.
+pub fn register_cpu(index: usize) {
+    // SAFETY: ring 0, on the CPU being named, no heap call in progress on it; the
+    // kernels give each CPU a distinct index and use TSC_AUX for nothing else.
+    match unsafe { X86_64::init_cpu(index) } {
+        Ok(()) => crate::println!("cpu {index}: registered with the heap"),
+        Err(error) => crate::println!("cpu {index}: no per-CPU cache ({error:?})"),
+    }
+}
+
+/// Gives the bootloader's usable memory to [`HEAP`] and prints what it took; the
+/// bootstrap CPU becomes CPU 0.
 pub fn init(boot_info: &BootInfo) {
+    register_cpu(0);
     // SAFETY: the kernel takes no frames from usable regions itself, and the
     // bootloader's physical-memory mapping is never changed.
     let report = unsafe { bootinfo::add_boot_memory(&HEAP, boot_info) }

@@ -34,4 +34,9 @@ fn heap_workload_runs_and_stats_balance() {
         })
         .expect("the heap reports the ranges it took");
     assert!(added >= 1, "output:\n{output}");
+    assert!(
+        output.contains("cpu 0: registered with the heap"),
+        "the BSP registers (RDPID or RDTSCP under -cpu max):\n{output}"
+    );
+    assert!(output.contains("cpu 0 cache: allocs "), "output:\n{output}");
 }

@@ -45,6 +45,25 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
     );
     assert_eq!(after.bad_frees, 0);
     HEAP.check_invariants().expect("heap invariants");
+    let cpu = HEAP.cpu_stats(0).expect("CPU 0 has a cache");
+    println!("cpu 0 cache: {cpu}");
+    assert!(
+        cpu.allocs > 0 && cpu.frees > 0,
+        "CPU 0 served allocations from its cache"
+    );
+    assert!(cpu.refills > 0, "the cache was refilled from the centrals");
+    HEAP.drain_cpu();
+    let drained = HEAP.stats();
+    assert_eq!(drained.cached_bytes, 0, "drain_cpu empties the cache");
+    assert!(drained.balances());
+    HEAP.trim();
+    HEAP.check_invariants()
+        .expect("heap invariants after drain and trim");
+    println!(
+        "after drain and trim: {} KiB in spans, {} KiB free",
+        drained.span_free_bytes / 1024,
+        HEAP.stats().free_bytes / 1024
+    );
     println!(
         "stats balance: ok; in use after drop: {} bytes",
         after.in_use_bytes

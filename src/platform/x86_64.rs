@@ -1,0 +1,145 @@
+//! The x86_64 platform for kernels: the CPU index in `IA32_TSC_AUX`, interrupts off
+//! for the critical section.
+//!
+//! Mechanism, and why:
+//! - **CPU index.** [`X86_64::init_cpu`] writes `index + 1` to `IA32_TSC_AUX` on each
+//!   CPU; the heap reads it back with RDPID (one instruction, no serialisation), or
+//!   RDTSCP on CPUs without RDPID. A CPU that never ran `init_cpu` reads 0 and so has
+//!   no index: it uses the centrals, never another CPU's cache. The MSR is the kernel's
+//!   to spare: unlike a GS-based per-CPU block it does not collide with a kernel that
+//!   already uses GS for its own per-CPU data.
+//! - **Critical section.** `pushfq; cli` on entry, `sti` on exit when interrupts were
+//!   on before. With interrupts off the running code can neither be preempted (so it
+//!   stays on this CPU) nor be interrupted by a handler that allocates (so the handler
+//!   never sees a half-updated cache, and never spins on a central lock the code it
+//!   interrupted holds). The alternative, a per-CPU busy flag with a locked fallback,
+//!   saves the `cli`/`sti` pair but leaves the centrals' spin locks open to interrupt
+//!   handlers, so their slow paths would have to disable interrupts anyway.
+//!
+//! Requires ring 0 (CLI/STI and WRMSR fault in user mode).
+
+use super::{Platform, MAX_CPUS};
+use core::arch::asm;
+use core::sync::atomic::{AtomicU8, Ordering};
+
+/// The x86_64 kernel platform. See the module docs.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct X86_64;
+
+const IA32_TSC_AUX: u32 = 0xC000_0103;
+/// `MODE`: no way to read the index found yet (before the first `init_cpu`).
+const MODE_NONE: u8 = 0;
+const MODE_RDPID: u8 = 1;
+const MODE_RDTSCP: u8 = 2;
+
+static MODE: AtomicU8 = AtomicU8::new(MODE_NONE);
+
+/// Why [`X86_64::init_cpu`] refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CpuInitError {
+    /// The index is not below [`MAX_CPUS`].
+    IndexTooLarge,
+    /// The CPU has neither RDPID nor RDTSCP.
+    NoTscAux,
+}
+
+impl X86_64 {
+    /// Gives the running CPU its index for the heap (any index below [`MAX_CPUS`],
+    /// distinct per CPU; 0 for the bootstrap CPU is the usual choice).
+    ///
+    /// # Errors
+    ///
+    /// [`CpuInitError`] when the index is too large or the CPU cannot read
+    /// `IA32_TSC_AUX`; the CPU then uses the centrals directly.
+    ///
+    /// # Safety
+    ///
+    /// Ring 0, on the CPU being named, with no heap call in progress on it; no other
+    /// CPU gets the same index; nothing else uses `IA32_TSC_AUX`.
+    pub unsafe fn init_cpu(index: usize) -> Result<(), CpuInitError> {
+        if index >= MAX_CPUS {
+            return Err(CpuInitError::IndexTooLarge);
+        }
+        let mode = detect();
+        if mode == MODE_NONE {
+            return Err(CpuInitError::NoTscAux);
+        }
+        // SAFETY: ring 0 (caller); TSC_AUX exists when RDPID or RDTSCP does, and
+        // nothing else uses it (caller).
+        unsafe {
+            asm!("wrmsr", in("ecx") IA32_TSC_AUX, in("eax") index as u32 + 1, in("edx") 0,
+                 options(nostack, preserves_flags));
+        }
+        MODE.store(mode, Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+/// The instruction this CPU offers to read `IA32_TSC_AUX`.
+// `__cpuid` is an unsafe fn before Rust 1.87 and safe after.
+#[allow(unused_unsafe)]
+fn detect() -> u8 {
+    // SAFETY: CPUID is available on every x86_64 CPU.
+    let (max_leaf, max_ext) = unsafe {
+        (
+            core::arch::x86_64::__cpuid(0).eax,
+            core::arch::x86_64::__cpuid(0x8000_0000).eax,
+        )
+    };
+    // SAFETY: as above; the leaves are within the reported maxima.
+    if max_leaf >= 7 && unsafe { core::arch::x86_64::__cpuid_count(7, 0) }.ecx & (1 << 22) != 0 {
+        return MODE_RDPID;
+    }
+    if max_ext >= 0x8000_0001
+        // SAFETY: as above.
+        && unsafe { core::arch::x86_64::__cpuid(0x8000_0001) }.edx & (1 << 27) != 0
+    {
+        return MODE_RDTSCP;
+    }
+    MODE_NONE
+}
+
+// SAFETY: interrupts are off between `enter` and `exit`, so the caller is neither
+// preempted (it stays on its CPU) nor interrupted into heap code; `init_cpu` gives
+// each CPU a distinct index and the index of a CPU does not change.
+unsafe impl Platform for X86_64 {
+    /// The interrupt flag before `enter`.
+    type Saved = bool;
+
+    #[inline(always)]
+    fn enter() -> bool {
+        let flags: u64;
+        // SAFETY: reading RFLAGS and clearing IF; ring 0 (the platform's contract). No
+        // `nomem`: the asm is a compiler barrier, so no cache access moves above it.
+        unsafe { asm!("pushfq", "pop {}", "cli", out(reg) flags) };
+        flags & (1 << 9) != 0
+    }
+
+    #[inline(always)]
+    unsafe fn exit(enabled: bool) {
+        if enabled {
+            // SAFETY: interrupts were on before the matching `enter`. A compiler barrier
+            // (no `nomem`): no cache access moves below it.
+            unsafe { asm!("sti", options(nostack)) };
+        }
+    }
+
+    #[inline(always)]
+    fn cpu_index() -> Option<usize> {
+        let aux: u64;
+        match MODE.load(Ordering::Relaxed) {
+            // SAFETY: RDPID exists (found by `detect`); it only reads TSC_AUX.
+            MODE_RDPID => unsafe {
+                asm!("rdpid {}", out(reg) aux, options(nomem, nostack, preserves_flags))
+            },
+            MODE_RDTSCP => {
+                let mut low = 0u32;
+                // SAFETY: RDTSCP exists (found by `detect`).
+                unsafe { core::arch::x86_64::__rdtscp(&mut low) };
+                aux = u64::from(low);
+            }
+            _ => return None,
+        }
+        (aux as usize).checked_sub(1)
+    }
+}
