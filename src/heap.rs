@@ -433,7 +433,22 @@ impl<P: Platform> SpanHeap<P> {
             }
             return self.free_small_slow(cache, class, ptr);
         }
-        self.put_small(class, addr);
+        self.free_without_cache(class, ptr, &pin);
+    }
+
+    /// This CPU has no cache yet (create it and push there) or no index (give the
+    /// object to the central).
+    #[cold]
+    #[inline(never)]
+    fn free_without_cache(&self, class: SizeClass, ptr: NonNull<u8>, pin: &Pinned<P>) {
+        if let Some(cache) = pin.cpu.and_then(|cpu| self.create_cache(cpu)) {
+            // SAFETY: pinned to the new cache's CPU; as in `deallocate`.
+            let pushed = unsafe { cache.push(class, Cached::new(ptr, false)) };
+            debug_assert!(pushed, "a new cache is empty");
+            bump(&cache.counters.frees);
+            return;
+        }
+        self.put_small(class, ptr.as_ptr() as usize);
     }
 
     /// The cache's stack is full: flush a batch, then push.
@@ -1083,6 +1098,72 @@ mod tests {
         t.heap.check_invariants().unwrap();
         // SAFETY: still live.
         unsafe { t.heap.deallocate(keep, l) };
+    }
+
+    /// Two threads (two CPUs) allocate, swap their objects and free the other's:
+    /// the cache <-> central hand-off under Miri's data-race detector.
+    #[test]
+    fn objects_freed_on_another_cpu_go_to_that_cpus_cache() {
+        let t = TestHeap::new(4 << 20, 4 << 20);
+        let heap = &t.heap;
+        let count = if cfg!(miri) { 40 } else { 2_000 };
+        let l = layout(48, 8);
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
+        // Both threads hold their CPU index for the whole exchange, so they are two
+        // CPUs (an exited thread's index, and cache, would pass to the next thread).
+        let both = std::sync::Barrier::new(2);
+        let both = &both;
+        std::thread::scope(|scope| {
+            scope.spawn(move || {
+                HostThreads::current();
+                both.wait();
+                let objects = (0..count)
+                    .map(|i| {
+                        let p = heap.allocate(l).unwrap();
+                        // SAFETY: a fresh block of 48 bytes.
+                        unsafe { p.as_ptr().cast::<usize>().write(i) };
+                        p.as_ptr() as usize
+                    })
+                    .collect();
+                tx.send(objects).unwrap();
+                both.wait();
+            });
+            scope.spawn(move || {
+                HostThreads::current();
+                both.wait();
+                let objects = rx.recv().unwrap();
+                for (i, addr) in objects.into_iter().enumerate() {
+                    let p = NonNull::new(addr as *mut u8).unwrap();
+                    // SAFETY: handed over by the allocating thread, which is done
+                    // with it; allocated with `l`.
+                    unsafe {
+                        assert_eq!(p.as_ptr().cast::<usize>().read(), i);
+                        heap.deallocate(p, l);
+                    }
+                }
+                both.wait();
+            });
+        });
+        // Each thread was a CPU with its own cache; the frees landed in the second.
+        let cpus: Vec<CpuStats> = (0..MAX_CPUS).filter_map(|c| heap.cpu_stats(c)).collect();
+        assert!(
+            cpus.iter().any(|c| c.allocs == count && c.frees == 0),
+            "{cpus:?}"
+        );
+        assert!(
+            cpus.iter().any(|c| c.frees == count && c.allocs == 0),
+            "{cpus:?}"
+        );
+        let stats = heap.stats();
+        assert_eq!(stats.in_use_bytes, 0);
+        assert!(stats.balances(), "{stats}");
+        heap.check_invariants().unwrap();
+        for cpu in 0..MAX_CPUS {
+            // SAFETY: the threads have exited.
+            unsafe { heap.drain_offline_cpu(cpu) };
+        }
+        assert_eq!(heap.stats().cached_bytes, 0);
+        heap.check_invariants().unwrap();
     }
 
     #[test]
