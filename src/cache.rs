@@ -30,6 +30,7 @@
 //! - so for a class: `central.allocated == in use by callers + sum over CPUs of len`.
 
 use crate::size_class::{SizeClass, NUM_CLASSES, PAGE_SIZE};
+use crate::stack::{ORDERS, STACK_CACHE};
 use core::cell::UnsafeCell;
 use core::mem::MaybeUninit;
 use core::ptr::{self, addr_of_mut, NonNull};
@@ -115,6 +116,8 @@ pub(crate) fn bump(counter: &AtomicUsize) {
 pub(crate) struct CpuCache {
     len: [AtomicU32; NUM_CLASSES],
     pub(crate) counters: Counters,
+    stack_len: [AtomicU32; ORDERS],
+    stack_slots: UnsafeCell<[[MaybeUninit<usize>; STACK_CACHE]; ORDERS]>,
     slots: UnsafeCell<[MaybeUninit<usize>; SLOTS]>,
 }
 
@@ -136,6 +139,7 @@ impl CpuCache {
             let c = cache.as_ptr();
             addr_of_mut!((*c).len).write([const { AtomicU32::new(0) }; NUM_CLASSES]);
             addr_of_mut!((*c).counters).write(Counters::default());
+            addr_of_mut!((*c).stack_len).write([const { AtomicU32::new(0) }; ORDERS]);
         }
         cache
     }
@@ -217,6 +221,41 @@ impl CpuCache {
             unsafe { ptr::copy(self.slot(class, n), self.slot(class, 0), len - n) };
         }
         self.len[class.index()].store((len - n) as u32, Relaxed);
+    }
+
+    /// Free kernel stacks of pool order `order` held.
+    pub(crate) fn stacks(&self, order: usize) -> usize {
+        self.stack_len[order].load(Relaxed) as usize
+    }
+
+    /// Takes a cached kernel stack of `order`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::pop`].
+    pub(crate) unsafe fn pop_stack(&self, order: usize) -> Option<NonNull<u8>> {
+        let len = self.stacks(order).checked_sub(1)?;
+        // SAFETY: slot `len` is initialised (below the old length); ours (caller).
+        let addr = unsafe { (*self.stack_slots.get())[order][len].assume_init() };
+        self.stack_len[order].store(len as u32, Relaxed);
+        NonNull::new(addr as *mut u8)
+    }
+
+    /// Keeps a free kernel stack of `order`; `false` when the cache holds
+    /// [`STACK_CACHE`] already.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Self::push`].
+    pub(crate) unsafe fn push_stack(&self, order: usize, base: NonNull<u8>) -> bool {
+        let len = self.stacks(order);
+        if len == STACK_CACHE {
+            return false;
+        }
+        // SAFETY: `len < STACK_CACHE`; ours (caller).
+        unsafe { (*self.stack_slots.get())[order][len] = MaybeUninit::new(base.as_ptr() as usize) };
+        self.stack_len[order].store(len as u32 + 1, Relaxed);
+        true
     }
 
     /// Objects of `class` in the stack, for the invariant walker.

@@ -39,6 +39,10 @@ use crate::platform::{Pinned, Platform, Uncached, MAX_CPUS};
 use crate::range::{AddMemoryError, Config, MemoryRange};
 use crate::size_class::{class_of, SizeClass, NUM_CLASSES, PAGE_SIZE};
 use crate::span::{Span, SpanKind};
+use crate::stack::{
+    order_of, order_size, stack_size, LargeStacks, PoolLists, Stack, StackPools, ORDERS,
+    POOL_SPAN_PAGES, STACK_CACHE,
+};
 use crate::stats::{ClassStats, CpuStats, Stats};
 use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
@@ -110,11 +114,20 @@ pub struct SpanHeap<P: Platform = Uncached> {
     index: ArenaIndex,
     pages: Mutex<PageHeap>,
     centrals: [Central; NUM_CLASSES],
+    stacks: StackPools,
     bad_frees: AtomicUsize,
     error_hook: AtomicPtr<()>,
     phys_offset: AtomicUsize,
     caches: [AtomicPtr<CpuCache>; MAX_CPUS],
     platform: PhantomData<fn() -> P>,
+}
+
+/// Every lock of a heap, for stats and the invariant walker.
+struct Locked<'a> {
+    centrals: [MutexGuard<'a, CentralLists>; NUM_CLASSES],
+    pools: [MutexGuard<'a, PoolLists>; ORDERS],
+    large: MutexGuard<'a, LargeStacks>,
+    pages: MutexGuard<'a, PageHeap>,
 }
 
 /// `phys_offset` value meaning "no physical mapping known".
@@ -141,6 +154,7 @@ impl<P: Platform> SpanHeap<P> {
             index: ArenaIndex::new(),
             pages: Mutex::new(PageHeap::new()),
             centrals: [const { Central::new() }; NUM_CLASSES],
+            stacks: StackPools::new(),
             bad_frees: AtomicUsize::new(0),
             error_hook: AtomicPtr::new(ptr::null_mut()),
             phys_offset: AtomicUsize::new(NO_PHYS_OFFSET),
@@ -340,12 +354,16 @@ impl<P: Platform> SpanHeap<P> {
         }
     }
 
-    /// Empties every stack of `cache` into the centrals.
+    /// Empties every stack of `cache` into the centrals, and its kernel stacks into
+    /// the stack pools.
     fn flush_all(&self, cache: &CpuCache) {
         for class in SizeClass::all() {
             if cache.len(class) != 0 {
                 self.flush(cache, class, usize::MAX);
             }
+        }
+        for order in 0..ORDERS {
+            self.release_stacks(cache, order, STACK_CACHE);
         }
     }
 
@@ -627,6 +645,164 @@ impl<P: Platform> SpanHeap<P> {
         unsafe { self.pages.lock().free_span(arena, span) };
     }
 
+    /// Allocates a kernel stack of at least `size` bytes: the size is rounded up to a
+    /// power of two of at least 4 KiB and the stack is aligned to it (so a guard
+    /// check or a per-stack lookup can mask the stack pointer). 4 to 32 KiB come
+    /// from this CPU's stack cache over the stack pools, larger ones from free lists
+    /// by size over the page heap. `None` when there is no room.
+    pub fn alloc_stack(&self, size: usize) -> Option<Stack> {
+        let size = stack_size(size)?;
+        let pin = Pinned::<P>::enter();
+        let Some(order) = order_of(size) else {
+            return self.alloc_large_stack(size);
+        };
+        if let Some(cache) = self.cache(&pin) {
+            // SAFETY: pinned to the cache's CPU.
+            if let Some(base) = unsafe { cache.pop_stack(order) } {
+                return Some(Stack::new(base, size));
+            }
+        }
+        let base = self
+            .refill_stacks(order, &pin)
+            .or_else(|| self.retry_after_trim(|| self.refill_stacks(order, &pin)))?;
+        Some(Stack::new(base, size))
+    }
+
+    /// Takes a stack of `order` from its pool, and (with a cache) enough more to fill
+    /// the CPU's stack cache to half.
+    #[cold]
+    fn refill_stacks(&self, order: usize, pin: &Pinned<P>) -> Option<NonNull<u8>> {
+        let cache = pin
+            .cpu
+            .and_then(|cpu| self.cache(pin).or_else(|| self.create_cache(cpu)));
+        let mut pool = self.stacks.pools[order].lock();
+        let first = pool.take(order, &self.pages)?;
+        if let Some(cache) = cache {
+            while cache.stacks(order) < STACK_CACHE / 2 - 1 {
+                let Some(more) = pool.take(order, &self.pages) else {
+                    break;
+                };
+                // SAFETY: pinned to the cache's CPU; a free stack we now hold.
+                unsafe { cache.push_stack(order, NonNull::new(more as *mut u8)?) };
+            }
+        }
+        NonNull::new(first as *mut u8)
+    }
+
+    #[cold]
+    fn alloc_large_stack(&self, size: usize) -> Option<Stack> {
+        let pages = size / PAGE_SIZE;
+        if pages > self.config.arena_size / PAGE_SIZE {
+            return None;
+        }
+        let kept = self.stacks.large.lock().take(pages);
+        let span = match kept {
+            Some(span) => span,
+            None => self.new_whole_span(pages, pages, SpanKind::Stack)?.span,
+        };
+        // SAFETY: a live stack span, ours.
+        let base = unsafe { span.as_ref() }.base;
+        Some(Stack::new(NonNull::new(base as *mut u8)?, size))
+    }
+
+    /// Frees a stack from [`SpanHeap::alloc_stack`]. A stack the heap can prove wrong
+    /// (not a stack of this heap, wrong size, already free) is refused and reported.
+    ///
+    /// # Safety
+    ///
+    /// The stack is not in use (no CPU runs on it) and not used after this call.
+    pub unsafe fn free_stack(&self, stack: Stack) {
+        let (base, size) = stack.into_raw();
+        let addr = base.as_ptr() as usize;
+        let Some((_, span)) = self.span_of(addr) else {
+            return self.report(FreeError::Foreign { ptr: addr });
+        };
+        // SAFETY: a live descriptor (see `deallocate`).
+        let s = unsafe { span.as_ref() };
+        let wrong = s.kind != SpanKind::Stack
+            || match order_of(size) {
+                Some(_) => s.object_size as usize != size,
+                None => s.base != addr || s.bytes() != size,
+            };
+        if wrong {
+            let layout = Layout::from_size_align(size, size).unwrap_or(Layout::new::<u8>());
+            return self.report_layout(addr, layout, s);
+        }
+        let Some(order) = order_of(size) else {
+            let _pin = Pinned::<P>::enter();
+            // SAFETY: a live large stack span the caller gives up, on no list.
+            return unsafe { self.stacks.large.lock().put(span, size / PAGE_SIZE) };
+        };
+        match s.object_index(addr) {
+            None => return self.report(FreeError::Interior { ptr: addr }),
+            Some(index) if !s.is_allocated(index) => {
+                return self.report(FreeError::DoubleFree { ptr: addr })
+            }
+            Some(_) => {}
+        }
+        let pin = Pinned::<P>::enter();
+        if let Some(cache) = self.cache(&pin) {
+            // SAFETY: pinned to the cache's CPU; the stack is ours to give.
+            if unsafe { cache.push_stack(order, base) } {
+                return;
+            }
+            self.release_stacks(cache, order, STACK_CACHE / 2);
+            // SAFETY: as above; the release made room.
+            let pushed = unsafe { cache.push_stack(order, base) };
+            debug_assert!(pushed);
+            return;
+        }
+        let mut pool = self.stacks.pools[order].lock();
+        let result = self.put_stack_locked(&mut pool, addr);
+        drop(pool);
+        if let Err(error) = result {
+            self.report(error);
+        }
+    }
+
+    /// Gives up to `n` of `cache`'s stacks of `order` back to the pool.
+    fn release_stacks(&self, cache: &CpuCache, order: usize, n: usize) {
+        if cache.stacks(order) == 0 {
+            return;
+        }
+        let mut pool = self.stacks.pools[order].lock();
+        let mut error = None;
+        for _ in 0..n {
+            // SAFETY: pinned to the cache's CPU, or the CPU is offline (callers).
+            let Some(base) = (unsafe { cache.pop_stack(order) }) else {
+                break;
+            };
+            if let Err(e) = self.put_stack_locked(&mut pool, base.as_ptr() as usize) {
+                error = Some(e);
+            }
+        }
+        drop(pool);
+        if let Some(error) = error {
+            self.report(error);
+        }
+    }
+
+    /// Returns the pooled stack at `addr` to its pool span (the pool's lock is held);
+    /// an emptied span goes back to the page heap.
+    fn put_stack_locked(&self, pool: &mut PoolLists, addr: usize) -> Result<(), FreeError> {
+        let (arena, span) = self.span_of(addr).ok_or(FreeError::Foreign { ptr: addr })?;
+        // SAFETY: a live pool span (checked at the free); its bitmap is read under the
+        // pool lock.
+        let s = unsafe { span.as_ref() };
+        let index = s
+            .object_index(addr)
+            .ok_or(FreeError::Interior { ptr: addr })?;
+        if !s.is_allocated(index) {
+            return Err(FreeError::DoubleFree { ptr: addr });
+        }
+        // SAFETY: a live pool span of this order with stack `index` in use.
+        if let Some(empty) = unsafe { pool.put(span, index) } {
+            // SAFETY: an empty pool span on no list; lock order pool -> page heap.
+            unsafe { self.pages.lock().free_span(arena, empty) };
+        }
+        Ok(())
+    }
+
     /// Records that the heap's memory is mapped at `virtual = physical + offset` (the
     /// bootloader's physical-memory offset), for [`SpanHeap::phys_addr`].
     pub fn set_phys_offset(&self, offset: usize) {
@@ -654,6 +830,13 @@ impl<P: Platform> SpanHeap<P> {
             let mut lists = central.lock();
             let mut pages = self.pages.lock();
             lists.trim(&mut pages, |addr| self.arena_of(addr));
+        }
+        let mut large = self.stacks.large.lock();
+        while let Some(span) = large.pop_any() {
+            // SAFETY: a free large stack span, on no list now.
+            let arena = self.arena_of(unsafe { span.as_ref() }.base);
+            // SAFETY: as above; lock order stack pool -> page heap.
+            unsafe { self.pages.lock().free_span(arena, span) };
         }
     }
 
@@ -709,14 +892,14 @@ impl<P: Platform> SpanHeap<P> {
         })
     }
 
-    fn lock_all(
-        &self,
-    ) -> (
-        [MutexGuard<'_, CentralLists>; NUM_CLASSES],
-        MutexGuard<'_, PageHeap>,
-    ) {
-        let centrals = core::array::from_fn(|i| self.centrals[i].lock());
-        (centrals, self.pages.lock())
+    /// Every lock, in lock order: centrals, stack pools, page heap.
+    fn lock_all(&self) -> Locked<'_> {
+        Locked {
+            centrals: core::array::from_fn(|i| self.centrals[i].lock()),
+            pools: core::array::from_fn(|i| self.stacks.pools[i].lock()),
+            large: self.stacks.large.lock(),
+            pages: self.pages.lock(),
+        }
     }
 
     /// A consistent snapshot of the heap's counters (every lock held while reading).
@@ -725,11 +908,11 @@ impl<P: Platform> SpanHeap<P> {
     /// exact (and balances) when no other CPU is allocating meanwhile.
     pub fn stats(&self) -> Stats {
         let _pin = Pinned::<P>::enter();
-        let (centrals, pages) = self.lock_all();
-        self.snapshot(&centrals, &pages)
+        self.snapshot(&self.lock_all())
     }
 
-    fn snapshot(&self, centrals: &[MutexGuard<'_, CentralLists>], pages: &PageHeap) -> Stats {
+    fn snapshot(&self, locked: &Locked<'_>) -> Stats {
+        let (centrals, pages) = (&locked.centrals, &*locked.pages);
         let mut stats = Stats {
             bad_frees: self.bad_frees.load(Ordering::Relaxed),
             large_objects: pages.large_objects,
@@ -763,7 +946,22 @@ impl<P: Platform> SpanHeap<P> {
             stats.span_free_bytes += c.span_bytes - (c.objects + c.cached) * c.size;
             stats.classes[class.index()] = c;
         }
-        stats.in_use_bytes = stats.small_bytes + stats.large_bytes + stats.page_run_bytes;
+        let mut pool_pages = 0;
+        for (order, pool) in locked.pools.iter().enumerate() {
+            let size = order_size(order);
+            let cached: usize = self.caches().map(|(_, cache)| cache.stacks(order)).sum();
+            let cached = cached.min(pool.in_use);
+            stats.stacks += pool.in_use - cached;
+            stats.stack_bytes += (pool.in_use - cached) * size;
+            stats.cached_bytes += cached * size;
+            stats.span_free_bytes += pool.spans * POOL_SPAN_PAGES * PAGE_SIZE - pool.in_use * size;
+            pool_pages += pool.spans * POOL_SPAN_PAGES;
+        }
+        let large_stack_pages = pages.stack_pages - pool_pages - locked.large.free_pages;
+        stats.stack_bytes += large_stack_pages * PAGE_SIZE;
+        stats.span_free_bytes += locked.large.free_pages * PAGE_SIZE;
+        stats.in_use_bytes =
+            stats.small_bytes + stats.large_bytes + stats.page_run_bytes + stats.stack_bytes;
         stats
     }
 
@@ -775,7 +973,10 @@ impl<P: Platform> SpanHeap<P> {
     /// A message naming the first invariant found broken.
     pub fn check_invariants(&self) -> Result<(), &'static str> {
         let _pin = Pinned::<P>::enter();
-        let (centrals, pages) = self.lock_all();
+        let locked = self.lock_all();
+        let (centrals, pages) = (&locked.centrals, &*locked.pages);
+        let mut pool_stacks = [0usize; ORDERS];
+        let mut pool_spans = [0usize; ORDERS];
         let mut allocated = [0usize; NUM_CLASSES];
         let mut spans = [0usize; NUM_CLASSES];
         for arena in pages.arenas() {
@@ -806,6 +1007,15 @@ impl<P: Platform> SpanHeap<P> {
                         allocated[s.class as usize] += s.allocated as usize;
                         spans[s.class as usize] += 1;
                     }
+                    SpanKind::Stack => {
+                        if (page..page + n).any(|p| arena.span_at(p) != span) {
+                            return Err("span map: a stack span's page is not mapped to it");
+                        }
+                        if let Some(order) = order_of(s.object_size as usize) {
+                            pool_stacks[order] += s.allocated as usize;
+                            pool_spans[order] += 1;
+                        }
+                    }
                     SpanKind::Large | SpanKind::Pages | SpanKind::Cache => {
                         if (page + 1..page + n).any(|p| !arena.span_at(p).is_null()) {
                             return Err("span map: a large span's inner page is mapped");
@@ -827,7 +1037,12 @@ impl<P: Platform> SpanHeap<P> {
             }
         }
         self.check_caches()?;
-        if !self.snapshot(&centrals, &pages).balances() {
+        for (order, pool) in locked.pools.iter().enumerate() {
+            if pool.in_use != pool_stacks[order] || pool.spans != pool_spans[order] {
+                return Err("stack pool: counters differ from the spans in the span map");
+            }
+        }
+        if !self.snapshot(&locked).balances() {
             return Err("stats do not balance");
         }
         Ok(())
@@ -1164,6 +1379,90 @@ mod tests {
         }
         assert_eq!(heap.stats().cached_bytes, 0);
         heap.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn stacks_are_aligned_to_their_size_reused_and_balance() {
+        let t = TestHeap::new(16 << 20, 8 << 20);
+        let sizes = [1, 4096, 5000, 8192, 16 << 10, 32 << 10, 64 << 10, 200 << 10];
+        let mut stacks = Vec::new();
+        let rounds = if cfg!(miri) { 2 } else { 20 };
+        for round in 0..rounds {
+            for &size in &sizes {
+                let stack = t.heap.alloc_stack(size).unwrap();
+                let expect = size.max(4096).next_power_of_two();
+                assert_eq!(stack.size(), expect);
+                assert_eq!(
+                    stack.base().as_ptr() as usize % expect,
+                    0,
+                    "aligned to its size"
+                );
+                // SAFETY: the whole stack is ours.
+                unsafe { ptr::write_bytes(stack.base().as_ptr(), round as u8, expect) };
+                stacks.push((stack, round as u8));
+            }
+        }
+        let stats = t.heap.stats();
+        assert!(stats.balances(), "{stats}");
+        let sizes_sum: usize = sizes.iter().map(|s| s.max(&4096).next_power_of_two()).sum();
+        assert_eq!(stats.stack_bytes, rounds * sizes_sum, "{stats}");
+        t.heap.check_invariants().unwrap();
+        for (stack, fill) in stacks {
+            // SAFETY: a live stack of ours.
+            let bytes = unsafe { core::slice::from_raw_parts(stack.base().as_ptr(), stack.size()) };
+            assert!(bytes.iter().all(|b| *b == fill), "stacks overlap");
+            // SAFETY: not in use.
+            unsafe { t.heap.free_stack(stack) };
+        }
+        let stats = t.heap.stats();
+        assert_eq!((stats.stack_bytes, stats.in_use_bytes), (0, 0), "{stats}");
+        assert!(stats.balances(), "{stats}");
+        t.heap.check_invariants().unwrap();
+        // A freed large stack is reused for the next one of its size.
+        let big = t.heap.alloc_stack(200 << 10).unwrap();
+        let base = big.base();
+        // SAFETY: not in use.
+        unsafe { t.heap.free_stack(big) };
+        let again = t.heap.alloc_stack(256 << 10).unwrap();
+        assert_eq!(again.base(), base);
+        // SAFETY: not in use.
+        unsafe { t.heap.free_stack(again) };
+        // Trim gives everything back: caches, pools, large free lists.
+        t.heap.trim();
+        let stats = t.heap.stats();
+        assert_eq!(
+            stats.free_bytes + stats.metadata_bytes,
+            stats.managed_bytes,
+            "{stats}"
+        );
+        t.heap.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn bad_stack_frees_are_refused() {
+        let t = TestHeap::new(8 << 20, 4 << 20);
+        let stack = t.heap.alloc_stack(8192).unwrap();
+        let (base, size) = stack.into_raw();
+        // SAFETY: each is refused before anything is touched.
+        unsafe {
+            t.heap.free_stack(Stack::from_raw(base, 4096)); // wrong size
+            let inner = NonNull::new_unchecked(base.as_ptr().add(4096));
+            t.heap.free_stack(Stack::from_raw(inner, 8192)); // interior
+            t.heap.free_stack(Stack::from_raw(base, size)); // fine
+        }
+        t.heap.drain_cpu();
+        // SAFETY: refused: already free (its bit is clear after the drain).
+        unsafe { t.heap.free_stack(Stack::from_raw(base, size)) };
+        let stats = t.heap.stats();
+        assert_eq!(stats.bad_frees, 3, "{stats}");
+        assert_eq!(stats.stack_bytes, 0);
+        t.heap.check_invariants().unwrap();
+        assert_eq!(
+            t.heap.alloc_stack(usize::MAX),
+            None,
+            "no power of two that large"
+        );
+        assert_eq!(t.heap.alloc_stack(1 << 40), None, "larger than an arena");
     }
 
     #[test]

@@ -27,6 +27,7 @@
 //! - `size_class`: the pure, table-driven map from `(size, align)` to a size class;
 //! - `heap`: the front end, [`SpanHeap`] and its `GlobalAlloc`;
 //! - `central`: one spin-locked central per class, fuller spans first;
+//! - `stack`: kernel stacks: per-CPU stack caches over stack pools, large stacks;
 //! - `span`: span descriptors, object bitmaps and alloc caches;
 //! - `page_heap`: arenas in address order, first-fit page runs, the arena index;
 //! - `arena`: one window's metadata: span map, page bitmap, descriptor slabs;
@@ -50,9 +51,11 @@ pub mod platform;
 mod range;
 pub mod size_class;
 mod span;
+mod stack;
 mod stats;
 
 pub use heap::{ErrorHook, FreeError, SpanHeap};
 pub use page_heap::MAX_ARENAS;
 pub use range::{AddMemoryError, Config, InitialContents, MemoryRange};
+pub use stack::{Stack, MAX_POOLED_STACK_SIZE, MIN_STACK_SIZE};
 pub use stats::{ClassStats, CpuStats, Stats};

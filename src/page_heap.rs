@@ -102,6 +102,8 @@ pub(crate) struct PageHeap {
     pub(crate) run_pages: usize,
     /// Pages holding CPU caches.
     pub(crate) cache_pages: usize,
+    /// Pages of stack spans (pools and large stacks).
+    pub(crate) stack_pages: usize,
 }
 
 // SAFETY: the arena pointers refer to metadata inside memory the heap owns; the page
@@ -118,6 +120,7 @@ impl PageHeap {
             large_objects: 0,
             run_pages: 0,
             cache_pages: 0,
+            stack_pages: 0,
         }
     }
 
@@ -259,6 +262,26 @@ impl PageHeap {
         Some(span)
     }
 
+    /// A new stack span of `pages` pages (a power of two) aligned to its size, carved
+    /// into stacks of `stack_size` bytes, recorded in the span map on every page.
+    pub(crate) fn new_stack_span(
+        &mut self,
+        pages: usize,
+        stack_size: usize,
+    ) -> Option<NonNull<Span>> {
+        let (arena, span, first) = self.take_run(pages, pages)?;
+        arena.mark_dirty(first, pages);
+        let base = arena.addr_of(first);
+        // SAFETY: a fresh descriptor slot owned by us; `write` initialises all of it.
+        unsafe {
+            span.as_ptr()
+                .write(Span::stack_pool(base, pages, stack_size))
+        };
+        arena.set_span(first, pages, span.as_ptr());
+        self.stack_pages += pages;
+        Some(span)
+    }
+
     /// A new large or pages span of `pages` pages aligned to `align` pages, recorded
     /// in the span map on its first page.
     pub(crate) fn new_whole_span(
@@ -275,7 +298,10 @@ impl PageHeap {
             span.as_ptr()
                 .write(Span::whole(arena.addr_of(first), pages, kind))
         };
-        arena.set_span(first, 1, span.as_ptr());
+        // Stacks are found from any page (a stack pointer inside them); the others
+        // only from their first page.
+        let mapped = if kind == SpanKind::Stack { pages } else { 1 };
+        arena.set_span(first, mapped, span.as_ptr());
         match kind {
             SpanKind::Large => {
                 self.large_pages += pages;
@@ -283,6 +309,7 @@ impl PageHeap {
             }
             SpanKind::Pages => self.run_pages += pages,
             SpanKind::Cache => self.cache_pages += pages,
+            SpanKind::Stack => self.stack_pages += pages,
             SpanKind::Small => unreachable!("small spans come from new_small_span"),
         }
         Some(NewSpan { span, dirty })
@@ -301,6 +328,10 @@ impl PageHeap {
         let pages = s.pages as usize;
         match s.kind {
             SpanKind::Small => arena.set_span(first, pages, ptr::null_mut()),
+            SpanKind::Stack => {
+                arena.set_span(first, pages, ptr::null_mut());
+                self.stack_pages -= pages;
+            }
             SpanKind::Large => {
                 arena.set_span(first, 1, ptr::null_mut());
                 self.large_pages -= pages;

@@ -43,6 +43,9 @@ pub(crate) enum SpanKind {
     Pages,
     /// A CPU's cache (heap metadata).
     Cache,
+    /// Kernel stacks: a pool span carved into stacks of one order (every page in the
+    /// span map), or one large stack.
+    Stack,
 }
 
 bitflags! {
@@ -131,7 +134,34 @@ impl Span {
     /// The descriptor of a small span of `class` at `base`, every object free.
     /// `zeroed`: the span's pages hold zeroes.
     pub(crate) fn small(base: usize, class: SizeClass, zeroed: bool) -> Span {
-        let objects = class.objects();
+        Span {
+            class: class.index() as u8,
+            flags: if zeroed {
+                SpanFlags::ZEROED
+            } else {
+                SpanFlags::empty()
+            },
+            ..Span::carved(
+                base,
+                class.pages(),
+                class.size(),
+                class.magic(),
+                SpanKind::Small,
+            )
+        }
+    }
+
+    /// The descriptor of a stack-pool span at `base`: `pages` pages carved into stacks
+    /// of `stack_size` bytes (a power of two), every stack free.
+    pub(crate) fn stack_pool(base: usize, pages: usize, stack_size: usize) -> Span {
+        let magic = (1u64 << 32).div_ceil(stack_size as u64) as u32;
+        Span::carved(base, pages, stack_size, magic, SpanKind::Stack)
+    }
+
+    /// A span of `pages` pages carved into objects of `size` bytes, every one free.
+    fn carved(base: usize, pages: usize, size: usize, magic: u32, kind: SpanKind) -> Span {
+        let objects = pages * PAGE_SIZE / size;
+        debug_assert!(objects <= BITMAP_WORDS * 64);
         // Padding bits past the last object are permanently "allocated".
         let bits: [u64; BITMAP_WORDS] =
             core::array::from_fn(|w| match objects.saturating_sub(w * 64) {
@@ -140,20 +170,14 @@ impl Span {
                 n => u64::MAX << n,
             });
         Span {
-            object_size: class.size() as u32,
-            magic: class.magic(),
+            object_size: size as u32,
+            magic,
             objects: objects as u16,
             allocated: 0,
             fresh_limit: 0,
-            class: class.index() as u8,
-            flags: if zeroed {
-                SpanFlags::ZEROED
-            } else {
-                SpanFlags::empty()
-            },
             alloc_cache: !bits[0],
             bits: bits.map(AtomicU64::new),
-            ..Span::whole(base, class.pages(), SpanKind::Small)
+            ..Span::whole(base, pages, kind)
         }
     }
 
@@ -256,7 +280,7 @@ impl Span {
 
     /// Recomputes the allocated count from the bitmap and checks the invariants.
     pub(crate) fn check(&self) -> Result<(), &'static str> {
-        if self.kind != SpanKind::Small {
+        if !matches!(self.kind, SpanKind::Small | SpanKind::Stack) {
             return Ok(());
         }
         let padding = BITMAP_WORDS * 64 - self.objects as usize;

@@ -4,13 +4,13 @@
 //!
 //! ```text
 //! managed = in_use + span_free + free + cached + metadata
-//! in_use  = small + large + page_run
+//! in_use  = small + large + page_run + stack
 //! ```
 //!
 //! - `managed`: bytes of whole pages handed to the heap;
 //! - `in_use`: bytes handed out (small objects counted at their class size);
-//! - `span_free`: bytes of small-object spans not handed out (free slots, span tails,
-//!   reserve spans);
+//! - `span_free`: bytes of small-object and stack spans not handed out (free slots,
+//!   span tails, reserve spans, free large stacks kept for reuse);
 //! - `free`: bytes of free pages in the page heap;
 //! - `cached`: bytes held in per-CPU caches (0 until the caches exist);
 //! - `metadata`: arena metadata, span-descriptor slabs and the CPU caches' own pages.
@@ -79,6 +79,10 @@ pub struct Stats {
     pub large_objects: usize,
     /// Bytes of page runs from `alloc_pages` in use.
     pub page_run_bytes: usize,
+    /// Bytes of kernel stacks in use.
+    pub stack_bytes: usize,
+    /// Kernel stacks of the pools (4 to 32 KiB) in use.
+    pub stacks: usize,
     /// Bytes inside small-object spans not handed out.
     pub span_free_bytes: usize,
     /// Bytes of free pages in the page heap.
@@ -105,6 +109,8 @@ impl Default for Stats {
             large_bytes: 0,
             large_objects: 0,
             page_run_bytes: 0,
+            stack_bytes: 0,
+            stacks: 0,
             span_free_bytes: 0,
             free_bytes: 0,
             cached_bytes: 0,
@@ -120,7 +126,8 @@ impl Stats {
     /// `true` when the counters balance:
     /// `managed == in_use + span_free + free + cached + metadata`.
     pub fn balances(&self) -> bool {
-        self.in_use_bytes == self.small_bytes + self.large_bytes + self.page_run_bytes
+        self.in_use_bytes
+            == self.small_bytes + self.large_bytes + self.page_run_bytes + self.stack_bytes
             && self.managed_bytes
                 == self.in_use_bytes
                     + self.span_free_bytes
@@ -154,12 +161,13 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "  in use {} KiB (small {} KiB, large {} KiB in {} objects, page runs {} KiB)",
+            "  in use {} KiB (small {} KiB, large {} KiB in {} objects, page runs {} KiB, stacks {} KiB)",
             kib(self.in_use_bytes),
             kib(self.small_bytes),
             kib(self.large_bytes),
             self.large_objects,
-            kib(self.page_run_bytes)
+            kib(self.page_run_bytes),
+            kib(self.stack_bytes)
         )?;
         writeln!(
             f,

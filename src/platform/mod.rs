@@ -1,6 +1,6 @@
 //! The platform: which CPU is running, and a critical section that keeps the caller on
 //! it. The only module that knows about CPUs, interrupts and threads; everything else
-//! reaches per-CPU state through a [`Pinned`] guard.
+//! reaches per-CPU state through a `Pinned` guard.
 //!
 //! Implementations:
 //! - [`Uncached`]: no CPU index, no critical section. Every allocation goes to the
@@ -8,7 +8,7 @@
 //!   choice before the kernel can name its CPUs.
 //! - [`X86_64`] (x86_64 only): the CPU index from `IA32_TSC_AUX` (RDPID, or RDTSCP
 //!   where RDPID is missing), interrupts off for the critical section.
-//! - [`HostThreads`] (feature `std`): each thread is a CPU, for tests and benchmarks.
+//! - `HostThreads` (feature `std`): each thread is a CPU, for tests and benchmarks.
 //!
 //! # Invariants
 //!
