@@ -20,6 +20,7 @@ pub mod heap;
 pub mod memory_map;
 pub mod qemu;
 pub mod serial;
+pub mod smp;
 
 use bootloader_api::config::{BootloaderConfig, Mapping};
 

@@ -171,8 +171,10 @@ pub fn kernels() -> Vec<String> {
 /// The QEMU command line for `image` under `options`.
 fn qemu_command(image: &std::path::Path, options: &Options) -> Command {
     let mut cmd = Command::new(QEMU);
+    // `snapshot=on`: writes go to a temporary overlay, so the image takes no write
+    // lock and several QEMUs may boot the same kernel at once (parallel tests).
     cmd.arg("-drive")
-        .arg(format!("format=raw,file={}", image.display()))
+        .arg(format!("format=raw,snapshot=on,file={}", image.display()))
         .args(["-smp", &options.cpus.to_string(), "-m", &options.memory])
         .args(["-serial", "stdio", "-display", "none", "--no-reboot"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])

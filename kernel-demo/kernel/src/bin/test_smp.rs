@@ -1,0 +1,73 @@
+//! Scenario: every CPU QEMU provides is brought up (INIT-SIPI-SIPI, a real-mode
+//! trampoline, a stack from spanheap's stack API), registers with the heap and runs
+//! the allocation workload. Per-CPU stats then show that every CPU served its
+//! allocations from its own cache.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+use bootloader_api::{entry_point, BootInfo};
+use core::sync::atomic::{AtomicUsize, Ordering};
+use spanheap_kernel::heap::{self, HEAP};
+use spanheap_kernel::{exit_qemu, println, smp, QemuExitCode, BOOTLOADER_CONFIG};
+
+entry_point!(main, config = &BOOTLOADER_CONFIG);
+
+/// APs that reached Rust code.
+static ARRIVED: AtomicUsize = AtomicUsize::new(0);
+/// APs that finished their workload.
+static DONE: AtomicUsize = AtomicUsize::new(0);
+
+const ROUNDS: u64 = 300;
+
+extern "C" fn ap_main(cpu: usize) -> ! {
+    ARRIVED.fetch_add(1, Ordering::AcqRel);
+    heap::register_cpu(cpu);
+    let result = heap::workload(ROUNDS);
+    assert!(result.map_len > 0);
+    println!("cpu {cpu}: workload done");
+    DONE.fetch_add(1, Ordering::AcqRel);
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+fn main(boot_info: &'static mut BootInfo) -> ! {
+    heap::init(boot_info);
+    let aps = smp::start_aps(boot_info, ap_main, &ARRIVED);
+    println!("smp: {aps} APs started");
+    let result = heap::workload(ROUNDS);
+    assert!(result.map_len > 0);
+    while DONE.load(Ordering::Acquire) < aps {
+        core::hint::spin_loop();
+    }
+    let cpus = aps + 1;
+    for cpu in 0..cpus {
+        let stats = HEAP
+            .cpu_stats(cpu)
+            .unwrap_or_else(|| panic!("cpu {cpu} has no cache"));
+        println!("cpu {cpu} cache: {stats}");
+        assert!(
+            stats.allocs > 0 && stats.frees > 0,
+            "cpu {cpu} did not use its cache"
+        );
+    }
+    let stats = HEAP.stats();
+    println!("{stats}");
+    assert!(stats.balances());
+    assert_eq!(stats.cpu_caches, cpus);
+    // The APs are halted: their caches may be drained from here.
+    for cpu in 1..cpus {
+        // SAFETY: every AP has finished and halted with interrupts off.
+        unsafe { HEAP.drain_offline_cpu(cpu) };
+    }
+    HEAP.drain_cpu();
+    HEAP.check_invariants().expect("heap invariants");
+    let stats = HEAP.stats();
+    assert_eq!(stats.cached_bytes, 0);
+    // Only the AP stacks (owned by the halted APs) and the page tables stay in use.
+    println!("smp test ok: {cpus} CPUs, each served from its own cache");
+    exit_qemu(QemuExitCode::Success)
+}
