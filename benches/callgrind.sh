@@ -10,6 +10,8 @@
 # env:   N1, N2          pair counts (default 100000 200000)
 #        LLA_N1, LLA_N2  for linked_list_allocator, ~12 us a pair natively (default 20000 40000)
 #        CARGO_TARGET_DIR as for cargo (default target/)
+#        PAIRS_ARGS     more options for the pairs binary, e.g. "--live 1 --size 64"
+#                       (the hot 64-byte pair)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -40,7 +42,7 @@ trap 'rm -rf "$tmp"' EXIT
 count() { # allocator pairs
     local log="$tmp/$1.$2.log"
     if ! valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$1.$2" \
-        "$bin" --only "$1" --pairs "$2" >"$tmp/$1.$2.out" 2>"$log"; then
+        "$bin" --only "$1" --pairs "$2" ${PAIRS_ARGS:-} >"$tmp/$1.$2.out" 2>"$log"; then
         echo "callgrind.sh: $1 with $2 pairs failed:" >&2
         tail -n 20 "$tmp/$1.$2.out" "$log" >&2
         return 1

@@ -27,7 +27,11 @@
 //! ```text
 //! cargo bench --bench pairs                                   # all, 5 runs each, table
 //! cargo bench --bench pairs -- --only talc --pairs 200000     # one allocator, one run
-//! options: --only NAME  --pairs N  --runs N  --live N  --seed N
+//! options: --only NAME  --pairs N  --runs N  --live N  --seed N  --size N
+//!
+//! `--size N` makes every request N bytes; `--live 1 --size 64` is the hot 64-byte
+//! alloc+free pair of issue 4 (the object goes back to the cache and comes out
+//! again).
 //! ```
 //!
 //! With `--only`, the process does setup + pre-fill + N pairs + teardown and nothing
@@ -394,11 +398,12 @@ struct Options {
     runs: Option<usize>,
     live: usize,
     seed: u64,
+    size: Option<usize>,
 }
 
 fn usage() -> ! {
     eprintln!(
-        "usage: pairs [--only spanheap|talc|buddy|lla|floor] [--pairs N] [--runs N] [--live N] [--seed N]"
+        "usage: pairs [--only spanheap|talc|buddy|lla|floor] [--pairs N] [--runs N] [--live N] [--seed N] [--size N]"
     );
     std::process::exit(1)
 }
@@ -410,6 +415,7 @@ fn parse_args() -> Options {
         runs: None,
         live: DEFAULT_LIVE,
         seed: DEFAULT_SEED,
+        size: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -427,6 +433,7 @@ fn parse_args() -> Options {
             "--runs" => o.runs = Some(value().parse().unwrap_or_else(|_| usage())),
             "--live" => o.live = value().parse().unwrap_or_else(|_| usage()),
             "--seed" => o.seed = value().parse().unwrap_or_else(|_| usage()),
+            "--size" => o.size = Some(value().parse().unwrap_or_else(|_| usage())),
             // `cargo bench` passes `--bench`; a libtest-style filter is ignored.
             "--bench" => {}
             s if s.starts_with('-') => usage(),
@@ -469,7 +476,11 @@ fn machine() -> String {
 fn main() {
     let o = parse_args();
     let w = Workload {
-        sizes: size_table(),
+        sizes: match o.size {
+            Some(size) if (1..=MAX_SIZE).contains(&size) => vec![size as u32; 1 << SIZE_TABLE_BITS],
+            Some(_) => usage(),
+            None => size_table(),
+        },
         live: o.live,
         seed: o.seed,
     };
