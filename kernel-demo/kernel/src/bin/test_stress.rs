@@ -90,11 +90,8 @@ fn free(addr: usize) {
     );
     for i in 1..size / 8 {
         // SAFETY: inside the object.
-        assert_eq!(
-            unsafe { words.add(i).read() },
-            word(addr, i),
-            "{addr:#x}: word {i} overwritten"
-        );
+        let got = unsafe { words.add(i).read() };
+        assert_eq!(got, word(addr, i), "{addr:#x}: word {i} overwritten");
     }
     // SAFETY: allocated by `allocate` with this layout.
     unsafe {
