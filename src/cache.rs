@@ -9,17 +9,16 @@
 //! it simply joins the freeing CPU's stack.
 //!
 //! The stacks are arrays of addresses in the cache's own pages, never links inside
-//! the free objects, so a use after free cannot corrupt the cache. The low bit of a
-//! slot records that the object is known to hold zeroes (objects are at least 8-byte
-//! aligned), so `alloc_zeroed` skips the memset for memory never used (Go's
-//! `needzero`).
+//! the free objects, so a use after free cannot corrupt the cache. A slot holds the
+//! central's [`Object`] word, whose low bit records that the object is known to hold
+//! zeroes, so `alloc_zeroed` skips the memset for memory never used (Go's `needzero`).
 //!
 //! A cache is created from the page heap the first time its CPU allocates, and its
 //! pages count as metadata. It is touched only by its CPU inside the platform's
 //! critical section; other CPUs read its lengths and counters (relaxed loads) for
 //! stats, and [`CpuCache::take_all`] empties it for draining.
 //!
-//! May call: nothing but itself; the refill and flush that talk to the centrals are in
+//! May call: nothing but itself (and `central::Object`, the word it stores); the refill and flush that talk to the centrals are in
 //! `heap`. Called by: `heap`.
 //!
 //! # Invariants
@@ -29,6 +28,7 @@
 //!   no one else (`| 1` when known zeroed);
 //! - so for a class: `central.allocated == in use by callers + sum over CPUs of len`.
 
+use crate::central::Object;
 use crate::size_class::{SizeClass, NUM_CLASSES, PAGE_SIZE};
 use crate::stack::{ORDERS, STACK_CACHE};
 use core::cell::UnsafeCell;
@@ -61,35 +61,6 @@ const SLOTS: usize = OFFSETS[NUM_CLASSES] as usize;
 
 // One CPU's cache takes 7 pages (28 KiB); checked so that a change shows here.
 const _: () = assert!(CpuCache::PAGES <= 7);
-
-/// Tag bit of a slot: the object is known to hold zeroes.
-const ZEROED: usize = 1;
-
-/// An object from a cache: its address and whether it holds zeroes.
-#[derive(Clone, Copy)]
-pub(crate) struct Cached(usize);
-
-impl Cached {
-    /// An object at `addr` (8-byte aligned at least).
-    pub(crate) fn new(addr: NonNull<u8>, zeroed: bool) -> Self {
-        debug_assert!(addr.as_ptr() as usize % 8 == 0);
-        Self(addr.as_ptr() as usize | zeroed as usize)
-    }
-
-    /// The object's address.
-    #[inline(always)]
-    pub(crate) fn addr(self) -> NonNull<u8> {
-        // SAFETY: made from a non-null, 8-byte aligned address; clearing the tag keeps
-        // it non-null.
-        unsafe { NonNull::new_unchecked((self.0 & !ZEROED) as *mut u8) }
-    }
-
-    /// `true` when the object holds zeroes.
-    #[inline(always)]
-    pub(crate) fn zeroed(self) -> bool {
-        self.0 & ZEROED != 0
-    }
-}
 
 /// Per-CPU event counters: written by their CPU only (load and store, no RMW), summed
 /// by readers.
@@ -169,13 +140,13 @@ impl CpuCache {
     ///
     /// The caller is pinned to this cache's CPU.
     #[inline(always)]
-    pub(crate) unsafe fn pop(&self, class: SizeClass) -> Option<Cached> {
+    pub(crate) unsafe fn pop(&self, class: SizeClass) -> Option<Object> {
         let len = self.len(class).checked_sub(1)?;
         // SAFETY: slot `len` is below the old length, so initialised (invariant); only
         // this CPU touches it (caller).
         let object = unsafe { self.slot(class, len).read() };
         self.len[class.index()].store(len as u32, Relaxed);
-        Some(Cached(object))
+        Some(Object(object))
     }
 
     /// Pushes an object of `class`; `false` (and nothing done) when the stack is full.
@@ -185,7 +156,7 @@ impl CpuCache {
     /// The caller is pinned to this cache's CPU and gives up `object`, an allocated
     /// object of `class` not in any cache.
     #[inline(always)]
-    pub(crate) unsafe fn push(&self, class: SizeClass, object: Cached) -> bool {
+    pub(crate) unsafe fn push(&self, class: SizeClass, object: Object) -> bool {
         let len = self.len(class);
         if len == Self::capacity(class) {
             return false;
@@ -207,13 +178,13 @@ impl CpuCache {
         &self,
         class: SizeClass,
         n: usize,
-        mut each: impl FnMut(Cached),
+        mut each: impl FnMut(Object),
     ) {
         let len = self.len(class);
         let n = n.min(len);
         for i in 0..n {
             // SAFETY: `i < len`: an initialised slot, ours (caller).
-            each(Cached(unsafe { self.slot(class, i).read() }));
+            each(Object(unsafe { self.slot(class, i).read() }));
         }
         if n < len {
             // SAFETY: slots `n..len` move to `0..len - n`, inside the stack (copy
@@ -268,7 +239,7 @@ impl CpuCache {
             // SAFETY: slots below the length are initialised; unchanged meanwhile
             // (caller).
             let slot = unsafe { self.slot(class, i).read() };
-            Cached(slot).addr().as_ptr() as usize
+            Object(slot).addr().as_ptr() as usize
         })
     }
 }
@@ -296,10 +267,10 @@ mod tests {
         let object = |i: usize| NonNull::new((0x1000 + 16 * i) as *mut u8).unwrap();
         for i in 0..cap {
             // SAFETY: the test is the only user of this cache.
-            assert!(unsafe { cache.push(class, Cached::new(object(i), i % 2 == 0)) });
+            assert!(unsafe { cache.push(class, Object::new(object(i), i % 2 == 0)) });
         }
         // SAFETY: as above.
-        let pushed = unsafe { cache.push(class, Cached::new(object(cap), false)) };
+        let pushed = unsafe { cache.push(class, Object::new(object(cap), false)) };
         assert!(!pushed, "bounded");
         assert_eq!(cache.len(other), 0, "classes do not share slots");
         // SAFETY: as above.

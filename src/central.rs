@@ -78,10 +78,34 @@ impl Central {
     }
 }
 
-/// An object taken from a central: its address and whether it is known to be zero.
-pub(crate) struct Object {
-    pub(crate) addr: NonNull<u8>,
-    pub(crate) zeroed: bool,
+/// Tag bit of an [`Object`]: the object is known to hold zeroes.
+const ZEROED: usize = 1;
+
+/// An object handed out by a central (and kept in CPU caches): its address, with the
+/// low bit set when it is known to hold zeroes (objects are at least 8-byte aligned).
+#[derive(Clone, Copy)]
+pub(crate) struct Object(pub(crate) usize);
+
+impl Object {
+    /// The object at `addr` (8-byte aligned at least).
+    pub(crate) fn new(addr: NonNull<u8>, zeroed: bool) -> Self {
+        debug_assert!(addr.as_ptr() as usize % 8 == 0);
+        Self(addr.as_ptr() as usize | zeroed as usize)
+    }
+
+    /// The object's address.
+    #[inline(always)]
+    pub(crate) fn addr(self) -> NonNull<u8> {
+        // SAFETY: made from a non-null, 8-byte aligned address; clearing the tag keeps
+        // it non-null.
+        unsafe { NonNull::new_unchecked((self.0 & !ZEROED) as *mut u8) }
+    }
+
+    /// `true` when the object holds zeroes.
+    #[inline(always)]
+    pub(crate) fn zeroed(self) -> bool {
+        self.0 & ZEROED != 0
+    }
 }
 
 /// What became of a span after an object went back to it.
@@ -130,7 +154,7 @@ impl CentralLists {
         }
         // SAFETY: an object address of a span is inside the heap, so non-null.
         let addr = unsafe { NonNull::new_unchecked(addr as *mut u8) };
-        Some(Object { addr, zeroed })
+        Some(Object::new(addr, zeroed))
     }
 
     /// A span with a free object that is on no list: from the reserve or new.

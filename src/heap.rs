@@ -32,7 +32,7 @@
 //! - `caches[i]` is null or CPU `i`'s initialised cache, set once by CPU `i` itself.
 
 use crate::arena::Arena;
-use crate::cache::{bump, Cached, CpuCache};
+use crate::cache::{bump, CpuCache};
 use crate::central::{Central, CentralLists, Object, Released};
 use crate::page_heap::{ArenaIndex, NewSpan, PageHeap};
 use crate::platform::{Pinned, Platform, Uncached, MAX_CPUS};
@@ -234,7 +234,7 @@ impl<P: Platform> SpanHeap<P> {
     #[inline]
     pub fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
         match class_of(layout.size(), layout.align()) {
-            Some(class) => self.alloc_small(class).map(Cached::addr),
+            Some(class) => self.alloc_small(class).map(Object::addr),
             None => self.alloc_large(layout, false),
         }
     }
@@ -266,7 +266,7 @@ impl<P: Platform> SpanHeap<P> {
     }
 
     #[inline(always)]
-    fn alloc_small(&self, class: SizeClass) -> Option<Cached> {
+    fn alloc_small(&self, class: SizeClass) -> Option<Object> {
         let pin = Pinned::<P>::enter();
         if let Some(cache) = self.cache(&pin) {
             // SAFETY: pinned to the cache's CPU.
@@ -282,14 +282,13 @@ impl<P: Platform> SpanHeap<P> {
     /// none yet), or take one object from the central when the CPU has no index.
     #[cold]
     #[inline(never)]
-    fn alloc_small_slow(&self, class: SizeClass, pin: &Pinned<P>) -> Option<Cached> {
+    fn alloc_small_slow(&self, class: SizeClass, pin: &Pinned<P>) -> Option<Object> {
         let cache = match pin.cpu {
             Some(cpu) => self.cache(pin).or_else(|| self.create_cache(cpu)),
             None => None,
         };
         let Some(cache) = cache else {
-            let object = self.take_small(class);
-            return object.map(|o| Cached::new(o.addr, o.zeroed));
+            return self.take_small(class);
         };
         let object = self.refill(cache, class).or_else(|| {
             // Out of memory: give back what this CPU holds, then the reserves.
@@ -318,7 +317,7 @@ impl<P: Platform> SpanHeap<P> {
 
     /// Moves up to a batch of objects from the central into `cache` and returns one
     /// more.
-    fn refill(&self, cache: &CpuCache, class: SizeClass) -> Option<Cached> {
+    fn refill(&self, cache: &CpuCache, class: SizeClass) -> Option<Object> {
         let mut lists = self.centrals[class.index()].lock();
         let first = lists.take(class, &self.pages)?;
         for _ in 1..class.batch() {
@@ -327,11 +326,11 @@ impl<P: Platform> SpanHeap<P> {
             };
             // SAFETY: pinned to the cache's CPU (callers hold a `Pinned`); the object
             // is allocated in its span and ours.
-            let pushed = unsafe { cache.push(class, Cached::new(object.addr, object.zeroed)) };
+            let pushed = unsafe { cache.push(class, object) };
             debug_assert!(pushed, "a refill starts from an empty stack");
         }
         bump(&cache.counters.refills);
-        Some(Cached::new(first.addr, first.zeroed))
+        Some(first)
     }
 
     /// Gives the `n` oldest objects of `class` in `cache` back to the central.
@@ -445,38 +444,32 @@ impl<P: Platform> SpanHeap<P> {
         if let Some(cache) = self.cache(&pin) {
             // SAFETY: pinned to the cache's CPU; the object is allocated, of `class`,
             // and the caller gives it up.
-            if unsafe { cache.push(class, Cached::new(ptr, false)) } {
+            if unsafe { cache.push(class, Object::new(ptr, false)) } {
                 bump(&cache.counters.frees);
                 return;
             }
-            return self.free_small_slow(cache, class, ptr);
         }
-        self.free_without_cache(class, ptr, &pin);
+        self.free_small_slow(class, ptr, &pin);
     }
 
-    /// This CPU has no cache yet (create it and push there) or no index (give the
-    /// object to the central).
+    /// The cache's stack is full (flush a batch, then push), or the CPU has no cache
+    /// yet (create it and push there), or no index (give the object to the central).
     #[cold]
     #[inline(never)]
-    fn free_without_cache(&self, class: SizeClass, ptr: NonNull<u8>, pin: &Pinned<P>) {
-        if let Some(cache) = pin.cpu.and_then(|cpu| self.create_cache(cpu)) {
-            // SAFETY: pinned to the new cache's CPU; as in `deallocate`.
-            let pushed = unsafe { cache.push(class, Cached::new(ptr, false)) };
-            debug_assert!(pushed, "a new cache is empty");
-            bump(&cache.counters.frees);
-            return;
-        }
-        self.put_small(class, ptr.as_ptr() as usize);
-    }
-
-    /// The cache's stack is full: flush a batch, then push.
-    #[cold]
-    #[inline(never)]
-    fn free_small_slow(&self, cache: &CpuCache, class: SizeClass, ptr: NonNull<u8>) {
-        self.flush(cache, class, class.batch());
-        // SAFETY: as in `deallocate`; the flush made room.
-        let pushed = unsafe { cache.push(class, Cached::new(ptr, false)) };
-        debug_assert!(pushed, "a flush makes room");
+    fn free_small_slow(&self, class: SizeClass, ptr: NonNull<u8>, pin: &Pinned<P>) {
+        let cache = match self.cache(pin) {
+            Some(full) => {
+                self.flush(full, class, class.batch());
+                full
+            }
+            None => match pin.cpu.and_then(|cpu| self.create_cache(cpu)) {
+                Some(new) => new,
+                None => return self.put_small(class, ptr.as_ptr() as usize),
+            },
+        };
+        // SAFETY: as in `deallocate`; the stack has room now.
+        let pushed = unsafe { cache.push(class, Object::new(ptr, false)) };
+        debug_assert!(pushed, "a flush or a new cache makes room");
         bump(&cache.counters.frees);
     }
 
@@ -719,16 +712,16 @@ impl<P: Platform> SpanHeap<P> {
         };
         // SAFETY: a live descriptor (see `deallocate`).
         let s = unsafe { span.as_ref() };
-        let wrong = s.kind != SpanKind::Stack
-            || match order_of(size) {
-                Some(_) => s.object_size as usize != size,
-                None => s.base != addr || s.bytes() != size,
-            };
-        if wrong {
+        let order = order_of(size);
+        let fits = match order {
+            Some(_) => s.object_size as usize == size,
+            None => s.base == addr && s.bytes() == size,
+        };
+        if s.kind != SpanKind::Stack || !fits {
             let layout = Layout::from_size_align(size, size).unwrap_or(Layout::new::<u8>());
             return self.report_layout(addr, layout, s);
         }
-        let Some(order) = order_of(size) else {
+        let Some(order) = order else {
             let _pin = Pinned::<P>::enter();
             // SAFETY: a live large stack span the caller gives up, on no list.
             return unsafe { self.stacks.large.lock().put(span, size / PAGE_SIZE) };

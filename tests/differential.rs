@@ -314,6 +314,13 @@ impl<P: Platform> HeapBackend<P> {
     }
 }
 
+/// A heap with `config` over `size` bytes of fresh memory given as one range.
+fn one_range<P: Platform>(size: usize, config: Config, entry: Entry) -> HeapBackend<P> {
+    let backing = Backing::new(size, 1 << 21);
+    let range = MemoryRange::new(backing.start(), backing.end());
+    HeapBackend::new(config, entry, backing, &[range], Vec::new())
+}
+
 impl<P: Platform> Backend for HeapBackend<P> {
     fn name(&self) -> String {
         let arena = self.heap.config().arena_size >> 20;
@@ -1090,16 +1097,7 @@ fn harness_catches_broken_allocators() {
 /// in debug).
 #[test]
 fn spanheap_differential() {
-    let size = 256 << 20;
-    let backing = Backing::new(size, 1 << 21);
-    let range = MemoryRange::new(backing.start(), backing.end());
-    let heap = HeapBackend::<HostThreads>::new(
-        Config::default(),
-        Entry::Inherent,
-        backing,
-        &[range],
-        Vec::new(),
-    );
+    let heap = one_range::<HostThreads>(256 << 20, Config::default(), Entry::Inherent);
     let params = Params::new(
         "spanheap_differential",
         0x5a4e_4ea9_0001,
@@ -1159,15 +1157,11 @@ fn spanheap_differential_hot_add_small_arenas() {
 /// leave its block intact. An eighth of the main run's operations.
 #[test]
 fn spanheap_differential_near_full() {
-    let size = 32 << 20;
-    let backing = Backing::new(size, 1 << 21);
-    let range = MemoryRange::new(backing.start(), backing.end());
     let config = Config {
         arena_size: 8 << 20,
         ..Config::default()
     };
-    let heap =
-        HeapBackend::<HostThreads>::new(config, Entry::Inherent, backing, &[range], Vec::new());
+    let heap = one_range::<HostThreads>(32 << 20, config, Entry::Inherent);
     let mut params = Params::new(
         "spanheap_differential_near_full",
         0x5a4e_4ea9_0004,
@@ -1184,15 +1178,11 @@ fn spanheap_differential_near_full() {
 /// 64 MiB, 16 MiB arenas, a quarter of the main run's operations.
 #[test]
 fn spanheap_differential_global_alloc() {
-    let size = 64 << 20;
-    let backing = Backing::new(size, 1 << 21);
-    let range = MemoryRange::new(backing.start(), backing.end());
     let config = Config {
         arena_size: 16 << 20,
         ..Config::default()
     };
-    let heap =
-        HeapBackend::<HostThreads>::new(config, Entry::GlobalAlloc, backing, &[range], Vec::new());
+    let heap = one_range::<HostThreads>(64 << 20, config, Entry::GlobalAlloc);
     let params = Params::new(
         "spanheap_differential_global_alloc",
         0x5a4e_4ea9_0003,
@@ -1206,16 +1196,7 @@ fn spanheap_differential_global_alloc() {
 /// MiB, default arenas, a quarter of the main run's operations.
 #[test]
 fn spanheap_differential_uncached() {
-    let size = 128 << 20;
-    let backing = Backing::new(size, 1 << 21);
-    let range = MemoryRange::new(backing.start(), backing.end());
-    let heap = HeapBackend::<Uncached>::new(
-        Config::default(),
-        Entry::Inherent,
-        backing,
-        &[range],
-        Vec::new(),
-    );
+    let heap = one_range::<Uncached>(128 << 20, Config::default(), Entry::Inherent);
     let params = Params::new(
         "spanheap_differential_uncached",
         0x5a4e_4ea9_0005,

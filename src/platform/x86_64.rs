@@ -17,6 +17,13 @@
 //!   handlers, so their slow paths would have to disable interrupts anyway.
 //!
 //! Requires ring 0 (CLI/STI and WRMSR fault in user mode).
+//!
+//! # Invariants
+//!
+//! - `MODE` names an instruction that reads `IA32_TSC_AUX` on this machine, or
+//!   `MODE_NONE` before the first successful `init_cpu` (then no CPU has an index);
+//! - a CPU's `IA32_TSC_AUX` is 0 (no index) or `index + 1` for the index it was given,
+//!   distinct across CPUs (the `init_cpu` contract) and never changed afterwards.
 
 use super::{Platform, MAX_CPUS};
 use core::arch::asm;

@@ -1,7 +1,8 @@
 //! Bringing up the application processors (APs): count them in the ACPI MADT, copy a
 //! real-mode trampoline below 1 MiB, send INIT-SIPI-SIPI through the local APIC, and
-//! let each AP switch to long mode on the bootstrap CPU's page tables and call
-//! [`ApEntry`] on a stack from spanheap's stack API.
+//! let each AP switch to long mode on the bootstrap CPU's page tables, register with
+//! the heap and run the kernel's [`ApWork`] on a stack from spanheap's stack API, then
+//! park (interrupts off, halted), which is what lets the BSP drain its cache.
 //!
 //! The trampoline goes from real mode straight to long mode (PAE, the BSP's CR3,
 //! EFER.LME and NXE, then CR0.PG and PE together), with a GDT of its own, and takes a
@@ -21,7 +22,7 @@ use alloc::vec::Vec;
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
 use bootloader_api::BootInfo;
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use x86_64::registers::control::Cr3;
 use x86_64::structures::paging::{
     FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
@@ -29,8 +30,43 @@ use x86_64::structures::paging::{
 };
 use x86_64::{PhysAddr, VirtAddr};
 
-/// What an AP runs once in long mode: `cpu` is its index for the heap (1, 2, ...).
-pub type ApEntry = extern "C" fn(cpu: usize) -> !;
+/// What an AP runs once in long mode and registered with the heap: `cpu` is its
+/// index (1, 2, ...). When it returns, the AP counts itself done and parks.
+pub type ApWork = fn(cpu: usize);
+
+/// APs that reached Rust code.
+static ARRIVED: AtomicUsize = AtomicUsize::new(0);
+/// APs that finished their work and parked.
+static DONE: AtomicUsize = AtomicUsize::new(0);
+/// The kernel's [`ApWork`], set by [`start_aps`] before any AP starts.
+static WORK: AtomicPtr<()> = AtomicPtr::new(core::ptr::null_mut());
+
+/// Where the trampoline lands every AP.
+extern "C" fn ap_entry(cpu: usize) -> ! {
+    ARRIVED.fetch_add(1, Ordering::AcqRel);
+    crate::heap::register_cpu(cpu);
+    // SAFETY: `start_aps` stored an `ApWork` function pointer before sending SIPI.
+    let work: ApWork =
+        unsafe { core::mem::transmute::<*mut (), ApWork>(WORK.load(Ordering::Acquire)) };
+    work(cpu);
+    DONE.fetch_add(1, Ordering::AcqRel);
+    park()
+}
+
+/// Stops this CPU for good: interrupts off, halted.
+pub fn park() -> ! {
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}
+
+/// Waits until `aps` APs have finished their [`ApWork`] and parked.
+pub fn wait_done(aps: usize) {
+    while DONE.load(Ordering::Acquire) < aps {
+        core::hint::spin_loop();
+    }
+}
 
 /// Stack size of each AP.
 pub const AP_STACK_SIZE: usize = 64 << 10;
@@ -231,10 +267,12 @@ fn delay(spins: u64) {
     }
 }
 
-/// Starts every AP of the MADT on `entry`. Returns the number of APs started (the
+/// Starts every AP of the MADT on `work`. Returns the number of APs started (the
 /// CPUs are then 0 for the BSP and 1..=n for the APs). Panics with a message when an
 /// AP does not arrive.
-pub fn start_aps(boot_info: &BootInfo, entry: ApEntry, arrived: &AtomicUsize) -> usize {
+pub fn start_aps(boot_info: &BootInfo, work: ApWork) -> usize {
+    WORK.store(work as *mut (), Ordering::Release);
+    let arrived = &ARRIVED;
     let cpus = count_cpus(boot_info).expect("an ACPI MADT");
     let aps = cpus.saturating_sub(1);
     println!("smp: {cpus} CPUs in the MADT");
@@ -305,6 +343,7 @@ pub fn start_aps(boot_info: &BootInfo, entry: ApEntry, arrived: &AtomicUsize) ->
         (at(&tr_far) as *mut u32).write_unaligned((page as usize + offset_of(&tr_long)) as u32);
         (at(&tr_cr3) as *mut u64).write_unaligned(l4_frame.start_address().as_u64());
         (at(&tr_stacks) as *mut u64).write_unaligned(stacks.as_ptr() as u64);
+        let entry: extern "C" fn(usize) -> ! = ap_entry;
         (at(&tr_entry) as *mut u64).write_unaligned(entry as usize as u64);
     }
 

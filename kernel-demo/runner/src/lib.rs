@@ -221,6 +221,15 @@ pub fn run(name: &str, options: &Options) -> Result<Run, Failure> {
     }
 }
 
+/// Boots kernel `name` and returns its serial output; panics with the failure (and
+/// the kernel's last lines) unless the kernel reports success. For tests.
+pub fn must_pass(name: &str, options: &Options) -> String {
+    match run(name, options) {
+        Ok(done) => done.output,
+        Err(failure) => panic!("kernel `{name}` failed: {failure}"),
+    }
+}
+
 /// Collects the child's stdout (the serial console) and stderr line by line, echoing
 /// stdout live when asked. Returns a handle that yields all lines once both close.
 fn stream_lines(child: &mut Child, echo: bool) -> Lines {

@@ -1,6 +1,6 @@
 //! QEMU tests of the boot pipeline: one scenario per kernel binary.
 
-use spanheap_runner::{run, Failure, Options};
+use spanheap_runner::{must_pass, run, Failure, Options};
 use std::time::Duration;
 
 fn options(cpus: u32, memory: &str) -> Options {
@@ -9,13 +9,6 @@ fn options(cpus: u32, memory: &str) -> Options {
         memory: memory.into(),
         timeout: Duration::from_secs(120),
         ..Options::default()
-    }
-}
-
-fn must_pass(kernel: &str, options: &Options) -> String {
-    match run(kernel, options) {
-        Ok(done) => done.output,
-        Err(failure) => panic!("kernel `{kernel}` failed: {failure}"),
     }
 }
 

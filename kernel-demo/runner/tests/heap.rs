@@ -1,6 +1,6 @@
 //! QEMU tests of spanheap as a kernel's global allocator.
 
-use spanheap_runner::{run, Options};
+use spanheap_runner::{must_pass, Options};
 use std::time::Duration;
 
 #[test]
@@ -10,10 +10,7 @@ fn heap_workload_runs_and_stats_balance() {
         timeout: Duration::from_secs(240),
         ..Options::default()
     };
-    let output = match run("test_heap", &options) {
-        Ok(done) => done.output,
-        Err(failure) => panic!("{failure}"),
-    };
+    let output = must_pass("test_heap", &options);
     assert!(output.contains("heap test ok"), "output:\n{output}");
     assert!(
         output.contains("stats balance: ok; in use after drop: 0 bytes"),

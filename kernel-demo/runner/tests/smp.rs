@@ -1,7 +1,7 @@
 //! QEMU tests of SMP bring-up: every CPU QEMU provides starts, registers with the heap
 //! and serves its allocations from its own cache.
 
-use spanheap_runner::{run, Options};
+use spanheap_runner::{must_pass, Options};
 use std::time::Duration;
 
 fn boot(cpus: u32) {
@@ -10,10 +10,7 @@ fn boot(cpus: u32) {
         timeout: Duration::from_secs(300),
         ..Options::default()
     };
-    let output = match run("test_smp", &options) {
-        Ok(done) => done.output,
-        Err(failure) => panic!("{failure}"),
-    };
+    let output = must_pass("test_smp", &options);
     assert!(
         output.contains(&format!("smp: {cpus} CPUs in the MADT")),
         "output:\n{output}"

@@ -1,7 +1,7 @@
 //! QEMU cross-CPU stress: exchange and producer/consumer patterns with content checks
 //! on every CPU, then everything freed, drained and trimmed.
 
-use spanheap_runner::{run, Options};
+use spanheap_runner::{must_pass, Options};
 use std::time::Duration;
 
 fn stress(cpus: u32) {
@@ -10,10 +10,7 @@ fn stress(cpus: u32) {
         timeout: Duration::from_secs(600),
         ..Options::default()
     };
-    let output = match run("test_stress", &options) {
-        Ok(done) => done.output,
-        Err(failure) => panic!("{failure}"),
-    };
+    let output = must_pass("test_stress", &options);
     assert!(
         output.contains(&format!("stress: {cpus} CPUs, ")),
         "output:\n{output}"

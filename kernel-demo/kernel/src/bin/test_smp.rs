@@ -8,41 +8,26 @@
 extern crate alloc;
 
 use bootloader_api::{entry_point, BootInfo};
-use core::sync::atomic::{AtomicUsize, Ordering};
 use spanheap_kernel::heap::{self, HEAP};
 use spanheap_kernel::{exit_qemu, println, smp, QemuExitCode, BOOTLOADER_CONFIG};
 
 entry_point!(main, config = &BOOTLOADER_CONFIG);
 
-/// APs that reached Rust code.
-static ARRIVED: AtomicUsize = AtomicUsize::new(0);
-/// APs that finished their workload.
-static DONE: AtomicUsize = AtomicUsize::new(0);
-
 const ROUNDS: u64 = 300;
 
-extern "C" fn ap_main(cpu: usize) -> ! {
-    ARRIVED.fetch_add(1, Ordering::AcqRel);
-    heap::register_cpu(cpu);
+fn ap_work(cpu: usize) {
     let result = heap::workload(ROUNDS);
     assert!(result.map_len > 0);
     println!("cpu {cpu}: workload done");
-    DONE.fetch_add(1, Ordering::AcqRel);
-    loop {
-        x86_64::instructions::interrupts::disable();
-        x86_64::instructions::hlt();
-    }
 }
 
 fn main(boot_info: &'static mut BootInfo) -> ! {
     heap::init(boot_info);
-    let aps = smp::start_aps(boot_info, ap_main, &ARRIVED);
+    let aps = smp::start_aps(boot_info, ap_work);
     println!("smp: {aps} APs started");
     let result = heap::workload(ROUNDS);
     assert!(result.map_len > 0);
-    while DONE.load(Ordering::Acquire) < aps {
-        core::hint::spin_loop();
-    }
+    smp::wait_done(aps);
     let cpus = aps + 1;
     for cpu in 0..cpus {
         let stats = HEAP

@@ -23,9 +23,7 @@ use spanheap_kernel::{exit_qemu, println, smp, QemuExitCode, BOOTLOADER_CONFIG};
 
 entry_point!(main, config = &BOOTLOADER_CONFIG);
 
-static ARRIVED: AtomicUsize = AtomicUsize::new(0);
 static START: AtomicUsize = AtomicUsize::new(0);
-static DONE: AtomicUsize = AtomicUsize::new(0);
 static OPS: AtomicUsize = AtomicUsize::new(0);
 const SLOTS: usize = 1024;
 static SLOT: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
@@ -179,28 +177,15 @@ fn work(cpu: usize) {
     OPS.fetch_add(ops, Ordering::Relaxed);
 }
 
-extern "C" fn ap_main(cpu: usize) -> ! {
-    ARRIVED.fetch_add(1, Ordering::AcqRel);
-    heap::register_cpu(cpu);
-    work(cpu);
-    DONE.fetch_add(1, Ordering::AcqRel);
-    loop {
-        x86_64::instructions::interrupts::disable();
-        x86_64::instructions::hlt();
-    }
-}
-
 fn main(boot_info: &'static mut BootInfo) -> ! {
     heap::init(boot_info);
-    let aps = smp::start_aps(boot_info, ap_main, &ARRIVED);
+    let aps = smp::start_aps(boot_info, work);
     assert!(aps >= 1, "the stress needs at least 2 CPUs");
     let before = HEAP.stats();
     let start = rdtsc();
     START.store(1, Ordering::Release);
     work(0);
-    while DONE.load(Ordering::Acquire) < aps {
-        core::hint::spin_loop();
-    }
+    smp::wait_done(aps);
     let cycles = rdtsc() - start;
     for slot in &SLOT {
         let object = slot.swap(0, Ordering::AcqRel);
