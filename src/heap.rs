@@ -38,7 +38,7 @@ use crate::page_heap::{ArenaIndex, NewSpan, PageHeap};
 use crate::platform::{Pinned, Platform, Uncached, MAX_CPUS};
 use crate::range::{AddMemoryError, Config, MemoryRange};
 use crate::size_class::{class_of, SizeClass, NUM_CLASSES, PAGE_SIZE};
-use crate::span::{Span, SpanKind};
+use crate::span::{Span, SpanKind, SpanList};
 use crate::stack::{
     order_of, order_size, stack_size, LargeStacks, PoolLists, Stack, StackPools, ORDERS,
     POOL_SPAN_PAGES, STACK_CACHE,
@@ -723,8 +723,15 @@ impl<P: Platform> SpanHeap<P> {
         }
         let Some(order) = order else {
             let _pin = Pinned::<P>::enter();
+            let mut large = self.stacks.large.lock();
+            // A large stack on a free list is already free (its `list` is written
+            // under this lock).
+            if s.list != SpanList::None {
+                drop(large);
+                return self.report(FreeError::DoubleFree { ptr: addr });
+            }
             // SAFETY: a live large stack span the caller gives up, on no list.
-            return unsafe { self.stacks.large.lock().put(span, size / PAGE_SIZE) };
+            return unsafe { large.put(span, size / PAGE_SIZE) };
         };
         match s.object_index(addr) {
             None => return self.report(FreeError::Interior { ptr: addr }),
@@ -1428,6 +1435,32 @@ mod tests {
             stats.managed_bytes,
             "{stats}"
         );
+        t.heap.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn a_large_stack_freed_twice_is_refused_and_kept_once() {
+        let t = TestHeap::new(8 << 20, 4 << 20);
+        let (base, size) = t.heap.alloc_stack(128 << 10).unwrap().into_raw();
+        // SAFETY: the first free is fine; the second is refused before it could put
+        // the span on its free list twice.
+        unsafe {
+            t.heap.free_stack(Stack::from_raw(base, size));
+            t.heap.free_stack(Stack::from_raw(base, size));
+        }
+        assert_eq!(t.heap.stats().bad_frees, 1);
+        t.heap.check_invariants().unwrap();
+        // Kept once: one stack of that size comes from the free list, the next from
+        // the page heap.
+        let first = t.heap.alloc_stack(size).unwrap();
+        let second = t.heap.alloc_stack(size).unwrap();
+        assert_eq!(first.base(), base);
+        assert_ne!(second.base(), base);
+        // SAFETY: not in use.
+        unsafe {
+            t.heap.free_stack(first);
+            t.heap.free_stack(second);
+        }
         t.heap.check_invariants().unwrap();
     }
 
