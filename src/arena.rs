@@ -248,10 +248,21 @@ impl Arena {
     /// The span that page `page` belongs to (null if none is recorded there).
     #[inline]
     pub(crate) fn span_at(&self, page: usize) -> *mut Span {
-        match self.map_entry(page).load(Ordering::Relaxed) {
-            0 => ptr::null_mut(),
-            code => (self.base + (code as usize - 1) * 16) as *mut Span,
+        self.span_of_page(page)
+            .map_or(ptr::null_mut(), NonNull::as_ptr)
+    }
+
+    /// The span that page `page` belongs to, if one is recorded there.
+    #[inline(always)]
+    pub(crate) fn span_of_page(&self, page: usize) -> Option<NonNull<Span>> {
+        let code = self.map_entry(page).load(Ordering::Relaxed);
+        if code == 0 {
+            return None;
         }
+        let span = (self.base + (code as usize - 1) * 16) as *mut Span;
+        // SAFETY: a non-zero code names a descriptor slot inside the arena's metadata
+        // (`set_span`), at or above `base`, which is not null.
+        Some(unsafe { NonNull::new_unchecked(span) })
     }
 
     /// Records `span` (or null) for the pages `[first, first + n)`.

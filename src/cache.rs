@@ -23,7 +23,7 @@
 //!
 //! # Invariants
 //!
-//! - `len[c] <= capacity(c)`; slots `offset(c) .. offset(c) + len[c]` hold addresses
+//! - `OFFSETS[c] <= top[c] <= OFFSETS[c + 1]`; slots `OFFSETS[c] .. top[c]` hold addresses
 //!   of distinct objects of class `c`, each allocated in its span's bitmap and held by
 //!   no one else (`| 1` when known zeroed);
 //! - so for a class: `central.allocated == in use by callers + sum over CPUs of len`.
@@ -85,7 +85,9 @@ pub(crate) fn bump(counter: &AtomicUsize) {
 /// One CPU's cache. Lives in pages of its own (see [`CpuCache::PAGES`]).
 #[repr(C)]
 pub(crate) struct CpuCache {
-    len: [AtomicU32; NUM_CLASSES],
+    /// Per class: the slot above the stack's newest object, as an index into `slots`
+    /// (`OFFSETS[c] + len`), so that a push or pop loads one bound from `OFFSETS`.
+    top: [AtomicU32; NUM_CLASSES],
     pub(crate) counters: Counters,
     stack_len: [AtomicU32; ORDERS],
     stack_slots: UnsafeCell<[[MaybeUninit<usize>; STACK_CACHE]; ORDERS]>,
@@ -108,7 +110,7 @@ impl CpuCache {
         // may stay uninitialised (MaybeUninit), lengths and counters are written whole.
         unsafe {
             let c = cache.as_ptr();
-            addr_of_mut!((*c).len).write([const { AtomicU32::new(0) }; NUM_CLASSES]);
+            addr_of_mut!((*c).top).write(core::array::from_fn(|c| AtomicU32::new(OFFSETS[c])));
             addr_of_mut!((*c).counters).write(Counters::default());
             addr_of_mut!((*c).stack_len).write([const { AtomicU32::new(0) }; ORDERS]);
         }
@@ -118,7 +120,7 @@ impl CpuCache {
     /// Objects in the stack of `class`.
     #[inline(always)]
     pub(crate) fn len(&self, class: SizeClass) -> usize {
-        self.len[class.index()].load(Relaxed) as usize
+        (self.top[class.index()].load(Relaxed) - OFFSETS[class.index()]) as usize
     }
 
     /// Capacity of the stack of `class`.
@@ -128,10 +130,15 @@ impl CpuCache {
     }
 
     #[inline(always)]
+    fn slots_ptr(&self) -> *mut usize {
+        self.slots.get() as *mut usize
+    }
+
+    #[inline(always)]
     fn slot(&self, class: SizeClass, i: usize) -> *mut usize {
         debug_assert!(i < Self::capacity(class));
         // SAFETY: `OFFSETS[c] + i` is inside the slots array (i < capacity).
-        unsafe { (self.slots.get() as *mut usize).add(OFFSETS[class.index()] as usize + i) }
+        unsafe { self.slots_ptr().add(OFFSETS[class.index()] as usize + i) }
     }
 
     /// Takes the newest object of `class`'s stack.
@@ -141,11 +148,14 @@ impl CpuCache {
     /// The caller is pinned to this cache's CPU.
     #[inline(always)]
     pub(crate) unsafe fn pop(&self, class: SizeClass) -> Option<Object> {
-        let len = self.len(class).checked_sub(1)?;
-        // SAFETY: slot `len` is below the old length, so initialised (invariant); only
-        // this CPU touches it (caller).
-        let object = unsafe { self.slot(class, len).read() };
-        self.len[class.index()].store(len as u32, Relaxed);
+        let top = self.top[class.index()].load(Relaxed);
+        if top == OFFSETS[class.index()] {
+            return None;
+        }
+        // SAFETY: `top - 1` is a slot of this stack below its top, so initialised
+        // (invariant); only this CPU touches it (caller).
+        let object = unsafe { self.slots_ptr().add(top as usize - 1).read() };
+        self.top[class.index()].store(top - 1, Relaxed);
         Some(Object(object))
     }
 
@@ -157,13 +167,14 @@ impl CpuCache {
     /// object of `class` not in any cache.
     #[inline(always)]
     pub(crate) unsafe fn push(&self, class: SizeClass, object: Object) -> bool {
-        let len = self.len(class);
-        if len == Self::capacity(class) {
+        let top = self.top[class.index()].load(Relaxed);
+        if top == OFFSETS[class.index() + 1] {
             return false;
         }
-        // SAFETY: `len < capacity`: a slot of this stack; ours (caller).
-        unsafe { self.slot(class, len).write(object.0) };
-        self.len[class.index()].store(len as u32 + 1, Relaxed);
+        // SAFETY: `top` is below the next class's first slot: a slot of this stack;
+        // ours (caller).
+        unsafe { self.slots_ptr().add(top as usize).write(object.0) };
+        self.top[class.index()].store(top + 1, Relaxed);
         true
     }
 
@@ -191,7 +202,7 @@ impl CpuCache {
             // handles the overlap).
             unsafe { ptr::copy(self.slot(class, n), self.slot(class, 0), len - n) };
         }
-        self.len[class.index()].store((len - n) as u32, Relaxed);
+        self.top[class.index()].store(OFFSETS[class.index()] + (len - n) as u32, Relaxed);
     }
 
     /// Free kernel stacks of pool order `order` held.

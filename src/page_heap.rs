@@ -34,9 +34,22 @@ pub const MAX_ARENAS: usize = 64;
 /// Slots of the open-addressing arena index (twice the arenas: short probes).
 const INDEX_SLOTS: usize = 2 * MAX_ARENAS;
 
+/// Windows looked up directly, from the first arena's window on: 4 GiB of memory
+/// with the default 64 MiB arenas, the common case of one contiguous RAM range.
+const NEAR_WINDOWS: usize = 64;
+
+/// `near_base` before the first arena: no window is "near" (`window - base` wraps to
+/// `window + NEAR_WINDOWS + 1`, never below `NEAR_WINDOWS`).
+const NO_BASE: usize = usize::MAX - NEAR_WINDOWS;
+
 /// Lock-free map from a window number (`address >> arena_shift`) to its arena.
-/// Insert-only, so readers need no lock: they probe until the key or an empty slot.
+/// Insert-only, so readers need no lock. Windows `near_base .. near_base +
+/// NEAR_WINDOWS` (`near_base`: the first arena's window, set once) sit in a direct
+/// table, one load on the free path; the others in an open-addressing hash table that
+/// readers probe until the key or an empty slot.
 pub(crate) struct ArenaIndex {
+    near_base: AtomicUsize,
+    near: [AtomicPtr<Arena>; NEAR_WINDOWS],
     keys: [AtomicUsize; INDEX_SLOTS],
     arenas: [AtomicPtr<Arena>; INDEX_SLOTS],
 }
@@ -45,6 +58,8 @@ impl ArenaIndex {
     /// An empty index.
     pub(crate) const fn new() -> Self {
         Self {
+            near_base: AtomicUsize::new(NO_BASE),
+            near: [const { AtomicPtr::new(ptr::null_mut()) }; NEAR_WINDOWS],
             keys: [const { AtomicUsize::new(0) }; INDEX_SLOTS],
             arenas: [const { AtomicPtr::new(ptr::null_mut()) }; INDEX_SLOTS],
         }
@@ -55,9 +70,31 @@ impl ArenaIndex {
         (window.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 57) % INDEX_SLOTS
     }
 
-    /// The arena of window `window`, if any. O(1) expected, at most INDEX_SLOTS probes.
+    /// The near-table entry of `window`, if it is a near window.
+    #[inline(always)]
+    fn near_slot(&self, window: usize) -> Option<&AtomicPtr<Arena>> {
+        self.near
+            .get(window.wrapping_sub(self.near_base.load(Ordering::Relaxed)))
+    }
+
+    /// The arena of window `window`, if any: one load for a near window, else O(1)
+    /// expected, at most INDEX_SLOTS probes.
     #[inline]
     pub(crate) fn get(&self, window: usize) -> Option<NonNull<Arena>> {
+        match self.near_slot(window) {
+            Some(slot) => NonNull::new(slot.load(Ordering::Acquire)),
+            None => self.get_far(window),
+        }
+    }
+
+    /// The arena of window `window` if it is a near window with an arena; `None`
+    /// otherwise (the caller then asks [`ArenaIndex::get`]).
+    #[inline(always)]
+    pub(crate) fn get_near(&self, window: usize) -> Option<NonNull<Arena>> {
+        NonNull::new(self.near_slot(window)?.load(Ordering::Acquire))
+    }
+
+    fn get_far(&self, window: usize) -> Option<NonNull<Arena>> {
         let key = window.wrapping_add(1);
         let mut slot = Self::slot(window);
         for _ in 0..INDEX_SLOTS {
@@ -71,8 +108,17 @@ impl ArenaIndex {
     }
 
     /// Publishes `arena` for `window`. Called under the page heap's lock, at most
-    /// MAX_ARENAS times, so a free slot always exists.
+    /// MAX_ARENAS times, so a free slot always exists. A reader that sees the new
+    /// `near_base` before the entry finds no arena: right, since nothing of an arena
+    /// not yet published can have been handed out.
     fn insert(&self, window: usize, arena: NonNull<Arena>) {
+        if self.near_base.load(Ordering::Relaxed) == NO_BASE {
+            self.near_base.store(window, Ordering::Relaxed);
+        }
+        if let Some(slot) = self.near_slot(window) {
+            slot.store(arena.as_ptr(), Ordering::Release);
+            return;
+        }
         let mut slot = Self::slot(window);
         while self.keys[slot].load(Ordering::Relaxed) != 0 {
             slot = (slot + 1) % INDEX_SLOTS;

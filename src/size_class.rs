@@ -119,6 +119,9 @@ pub(crate) const MAX_SPAN_PAGES: usize = max_span_pages();
 
 /// Smallest object size and spacing of the first classes.
 const MIN_SIZE: usize = 8;
+/// Every class size is a multiple of this, so an alignment up to it never changes the
+/// class of a request (the fast paths of `class_of` and of a free rely on it).
+pub(crate) const CLASS_GRANULE: usize = MIN_SIZE;
 /// Largest size looked up through [`SIZE_TO_CLASS8`] (Go's `smallSizeMax`).
 const SMALL_SIZE_MAX: usize = 1024;
 /// Granule of [`SIZE_TO_CLASS8`] (Go's `smallSizeDiv`).
@@ -498,6 +501,15 @@ impl SizeClass {
         self.info().size as usize
     }
 
+    /// The smallest request size whose class (for an alignment of at most 8) is this
+    /// one: one more than the previous class's size, or 0 for the first class.
+    pub(crate) const fn min_request(self) -> usize {
+        match self.index() {
+            1 => 0,
+            i => CLASSES[i - 1].size as usize + 1,
+        }
+    }
+
     /// Span length in pages (1 to 8).
     #[inline]
     pub const fn pages(self) -> usize {
@@ -551,12 +563,22 @@ impl SizeClass {
 /// caller takes the large-object path. `align` must be a power of two, as
 /// `Layout::align()` is (checked in debug builds).
 ///
-/// Cost: a compare, two table loads (one bounds check doubles as the size limit), no
-/// loop. Alloc and dealloc both call it, so it must stay a pure function of its
-/// arguments.
-#[inline]
+/// Cost, for the common request (`size <= 1024`, `align <= 8`): two compares and one
+/// table load; otherwise two more table loads. No loop. Alloc and dealloc both call
+/// it, so it must stay a pure function of its arguments.
+#[inline(always)]
 pub fn class_of(size: usize, align: usize) -> Option<SizeClass> {
     debug_assert!(align.is_power_of_two(), "align is a power of two");
+    if size <= SMALL_SIZE_MAX && align <= CLASS_GRANULE {
+        // Every class is a multiple of MIN_SIZE (checked below), so such an alignment
+        // never moves the class up.
+        return Some(SMALL_CLASSES[size.div_ceil(SMALL_SIZE_DIV)]);
+    }
+    class_of_aligned(size, align)
+}
+
+#[inline(never)]
+fn class_of_aligned(size: usize, align: usize) -> Option<SizeClass> {
     let by_size = if size <= SMALL_SIZE_MAX {
         SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)]
     } else {
@@ -567,6 +589,32 @@ pub fn class_of(size: usize, align: usize) -> Option<SizeClass> {
     let class = *ALIGN_UP[by_size as usize].get(align.trailing_zeros() as usize)?;
     NonZeroU8::new(class).map(SizeClass)
 }
+
+/// `SIZE_TO_CLASS8` as classes, for the fast path of [`class_of`].
+static SMALL_CLASSES: [SizeClass; SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1] = {
+    let indices = build_size_to_class8();
+    let mut classes = [SizeClass(NonZeroU8::MIN); SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1];
+    let mut i = 0;
+    while i < classes.len() {
+        classes[i] = match NonZeroU8::new(indices[i]) {
+            Some(class) => SizeClass(class),
+            None => panic!("every size up to SMALL_SIZE_MAX has a class"),
+        };
+        i += 1;
+    }
+    classes
+};
+
+const _: () = {
+    let mut c = 1;
+    while c < NUM_CLASSES {
+        assert!(
+            CLASSES[c].size as usize % CLASS_GRANULE == 0,
+            "classes are multiples of CLASS_GRANULE"
+        );
+        c += 1;
+    }
+};
 
 #[cfg(test)]
 mod tests {

@@ -89,8 +89,14 @@ pub(crate) struct Span {
     pub(crate) cache_word: u16,
     /// Objects below this index may have been used since the span was created.
     pub(crate) fresh_limit: u16,
-    /// Size class index (small spans only).
-    pub(crate) class: u8,
+    /// Small spans: the smallest request size (alignment at most 8) whose class is
+    /// this span's; 0 otherwise.
+    pub(crate) request_min: u16,
+    /// Small spans: how many request sizes from `request_min` on map to this span's
+    /// class; 0 otherwise, so that [`Span::serves`] is false for every other kind.
+    pub(crate) request_sizes: u16,
+    /// Size class (small spans only).
+    pub(crate) class: Option<SizeClass>,
     /// What the span is.
     pub(crate) kind: SpanKind,
     /// State flags.
@@ -121,7 +127,9 @@ impl Span {
             allocated: 1,
             cache_word: 0,
             fresh_limit: 1,
-            class: 0,
+            request_min: 0,
+            request_sizes: 0,
+            class: None,
             kind,
             flags: SpanFlags::empty(),
             list: SpanList::None,
@@ -134,8 +142,11 @@ impl Span {
     /// The descriptor of a small span of `class` at `base`, every object free.
     /// `zeroed`: the span's pages hold zeroes.
     pub(crate) fn small(base: usize, class: SizeClass, zeroed: bool) -> Span {
+        let request_min = class.min_request();
         Span {
-            class: class.index() as u8,
+            class: Some(class),
+            request_min: request_min as u16,
+            request_sizes: (class.size() + 1 - request_min) as u16,
             flags: if zeroed {
                 SpanFlags::ZEROED
             } else {
@@ -179,6 +190,14 @@ impl Span {
             bits: bits.map(AtomicU64::new),
             ..Span::whole(base, pages, kind)
         }
+    }
+
+    /// `true` when a request of `size` bytes, aligned to at most 8, has this small
+    /// span's class: what `class_of(size, align) == class` says, in one compare (false
+    /// for every other kind of span).
+    #[inline(always)]
+    pub(crate) fn serves(&self, size: usize) -> bool {
+        size.wrapping_sub(self.request_min as usize) < self.request_sizes as usize
     }
 
     /// Bytes covered by the span.
@@ -241,12 +260,19 @@ impl Span {
     }
 
     /// The index of the object at `addr` if `addr` is the start of one of this span's
-    /// objects.
+    /// objects. `addr` lies inside the span (the span map said so).
+    ///
+    /// With `magic = ceil(2^32 / size)`, `offset * magic = index * 2^32 + low` where
+    /// `low < magic` exactly when `offset` is a multiple of `size`: for an offset
+    /// `q * size + r`, `low = q * e + r * magic` with `e = size * magic - 2^32 < size`,
+    /// which stays below 2^32 because `(q + 1) * e < span bytes <= 2^15 < magic`
+    /// (test `object_index_is_exact`). One compare instead of a multiply back.
+    #[inline(always)]
     pub(crate) fn object_index(&self, addr: usize) -> Option<usize> {
-        let offset = addr.checked_sub(self.base)?;
-        let index = ((offset as u64 * self.magic as u64) >> 32) as usize;
-        (index < self.objects as usize && index * self.object_size as usize == offset)
-            .then_some(index)
+        debug_assert!((self.base..self.end()).contains(&addr));
+        let product = (addr - self.base) as u64 * self.magic as u64;
+        let index = (product >> 32) as usize;
+        ((product as u32) < self.magic && index < self.objects as usize).then_some(index)
     }
 
     /// Word `w` of the object bitmap.
@@ -263,7 +289,9 @@ impl Span {
     /// is only stable for an object the caller owns (then it is `true`).
     #[inline]
     pub(crate) fn is_allocated(&self, index: usize) -> bool {
-        self.word(index / 64) & (1 << (index % 64)) != 0
+        // `% BITMAP_WORDS` (a mask) instead of a bounds check: callers pass an index
+        // from `object_index`, below `objects`.
+        self.word((index / 64) % BITMAP_WORDS) & (1 << (index % 64)) != 0
     }
 
     /// Returns object `index` to the span. The caller has checked that it is
@@ -305,5 +333,53 @@ unsafe impl Node for Span {
     fn links(node: *mut Self) -> *mut Links<Self> {
         // SAFETY: a field projection of the caller's pointer; nothing is read.
         unsafe { ptr::addr_of_mut!((*node).links) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::size_class::{class_of, MAX_SMALL_SIZE};
+
+    #[test]
+    fn object_index_is_exact() {
+        let step = if cfg!(miri) { 61 } else { 1 };
+        let base = 0x40_0000;
+        let spans = SizeClass::all()
+            .map(|class| Span::small(base, class, false))
+            .chain((0..4).map(|order| Span::stack_pool(base, 8, 4096 << order)));
+        for span in spans {
+            let size = span.object_size as usize;
+            for offset in (0..span.bytes()).step_by(step) {
+                let expected = (offset % size == 0 && offset / size < span.objects as usize)
+                    .then_some(offset / size);
+                assert_eq!(
+                    span.object_index(base + offset),
+                    expected,
+                    "size {size} offset {offset}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn serves_agrees_with_class_of_for_small_alignments() {
+        for class in SizeClass::all() {
+            let span = Span::small(0x10_0000, class, false);
+            for size in 0..=MAX_SMALL_SIZE + 1 {
+                for align in [1, 2, 4, 8] {
+                    assert_eq!(
+                        span.serves(size),
+                        class_of(size, align) == Some(class),
+                        "class {} size {size} align {align}",
+                        class.size()
+                    );
+                }
+            }
+        }
+        for kind in [SpanKind::Large, SpanKind::Pages, SpanKind::Stack] {
+            let span = Span::whole(0x10_0000, 1, kind);
+            assert!((0..=MAX_SMALL_SIZE).all(|size| !span.serves(size)));
+        }
     }
 }

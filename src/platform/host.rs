@@ -109,6 +109,11 @@ unsafe impl Platform for HostThreads {
 
     #[inline(always)]
     fn cpu_index() -> Option<usize> {
+        let index = INDEX.with(Cell::get);
+        (index < MAX_CPUS).then_some(index)
+    }
+
+    fn claim_index() -> Option<usize> {
         Self::current()
     }
 }

@@ -13,7 +13,8 @@
 //! # Invariants
 //!
 //! Between [`Platform::enter`] and the matching [`Platform::exit`], [`Platform::cpu_index`]
-//! returns the same value on the calling context, and no other context that gets the
+//! returns the same value on the calling context (except that a context without an
+//! index may get one from [`Platform::claim_index`] and keeps it), and no other context that gets the
 //! same index runs heap code: not another CPU or thread, and not an interrupt handler
 //! on this CPU. The per-CPU cache of that index is then the caller's alone.
 
@@ -60,6 +61,15 @@ pub unsafe trait Platform: 'static {
     /// The index of the running CPU, or `None` when it has none (not registered, or
     /// beyond [`MAX_CPUS`]). Only meaningful inside the critical section.
     fn cpu_index() -> Option<usize>;
+
+    /// As [`Platform::cpu_index`], but may first give the running context an index
+    /// when it has none yet. Called on slow paths only (after `cpu_index` said `None`
+    /// or found no cache), so `cpu_index` itself can stay a bare load. The default
+    /// assigns nothing.
+    #[inline(always)]
+    fn claim_index() -> Option<usize> {
+        Self::cpu_index()
+    }
 }
 
 /// A platform without per-CPU caches: every allocation takes a central's spin lock.
@@ -88,8 +98,6 @@ unsafe impl Platform for Uncached {
 /// Dropping it leaves the section. Not `Send`: it belongs to the context that made it.
 pub(crate) struct Pinned<P: Platform> {
     saved: P::Saved,
-    /// The running CPU's index, if it has one.
-    pub(crate) cpu: Option<usize>,
     _context: PhantomData<*mut ()>,
 }
 
@@ -97,13 +105,23 @@ impl<P: Platform> Pinned<P> {
     /// Enters the critical section.
     #[inline(always)]
     pub(crate) fn enter() -> Self {
-        let saved = P::enter();
-        let cpu = P::cpu_index().filter(|&cpu| cpu < MAX_CPUS);
         Self {
-            saved,
-            cpu,
+            saved: P::enter(),
             _context: PhantomData,
         }
+    }
+
+    /// The running CPU's index, if it has one (below [`MAX_CPUS`]). Read again at
+    /// each call (cheap: a TLS load, RDPID, ...), so that the guard stays a register
+    /// or nothing and slow paths that take `&Pinned` do not force it into memory.
+    #[inline(always)]
+    pub(crate) fn cpu(&self) -> Option<usize> {
+        P::cpu_index().filter(|&cpu| cpu < MAX_CPUS)
+    }
+
+    /// As [`Pinned::cpu`], through [`Platform::claim_index`]: for slow paths.
+    pub(crate) fn claim_cpu(&self) -> Option<usize> {
+        P::claim_index().filter(|&cpu| cpu < MAX_CPUS)
     }
 }
 
