@@ -18,8 +18,11 @@
 //! critical section; other CPUs read its lengths and counters (relaxed loads) for
 //! stats, and [`CpuCache::take_all`] empties it for draining.
 //!
-//! May call: nothing but itself (and `central::Object`, the word it stores); the refill and flush that talk to the centrals are in
-//! `heap`. Called by: `heap`.
+//! It also holds the CPU's current tiny block (see `tiny`): its address and bump
+//! offset, written by the CPU only.
+//!
+//! May call: nothing but itself (and `central::Object`, the word it stores); the
+//! refill and flush that talk to the centrals are in `heap`. Called by: `heap`.
 //!
 //! # Invariants
 //!
@@ -74,6 +77,8 @@ pub(crate) struct Counters {
     pub(crate) refills: AtomicUsize,
     /// Flushes to the centrals.
     pub(crate) flushes: AtomicUsize,
+    /// Tiny sub-objects handed out (see `tiny`).
+    pub(crate) tiny: AtomicUsize,
 }
 
 /// Increments a counter owned by the running CPU.
@@ -89,6 +94,9 @@ pub(crate) struct CpuCache {
     /// (`OFFSETS[c] + len`), so that a push or pop loads one bound from `OFFSETS`.
     top: [AtomicU32; NUM_CLASSES],
     pub(crate) counters: Counters,
+    /// The current tiny block (0: none) and the bump offset inside it (see `tiny`).
+    pub(crate) tiny_block: AtomicUsize,
+    pub(crate) tiny_offset: AtomicUsize,
     stack_len: [AtomicU32; ORDERS],
     stack_slots: UnsafeCell<[[MaybeUninit<usize>; STACK_CACHE]; ORDERS]>,
     slots: UnsafeCell<[MaybeUninit<usize>; SLOTS]>,
@@ -112,6 +120,8 @@ impl CpuCache {
             let c = cache.as_ptr();
             addr_of_mut!((*c).top).write(core::array::from_fn(|c| AtomicU32::new(OFFSETS[c])));
             addr_of_mut!((*c).counters).write(Counters::default());
+            addr_of_mut!((*c).tiny_block).write(AtomicUsize::new(0));
+            addr_of_mut!((*c).tiny_offset).write(AtomicUsize::new(0));
             addr_of_mut!((*c).stack_len).write([const { AtomicU32::new(0) }; ORDERS]);
         }
         cache

@@ -46,6 +46,7 @@ use crate::stack::{
     POOL_SPAN_PAGES, STACK_CACHE,
 };
 use crate::stats::{ClassStats, CpuStats, Stats};
+use crate::tiny::{self, TINY_BLOCK_CLASS, TINY_SOURCE_CLASS};
 use core::alloc::{GlobalAlloc, Layout};
 use core::fmt;
 use core::marker::PhantomData;
@@ -255,6 +256,9 @@ impl<P: Platform> SpanHeap<P> {
     #[inline]
     pub fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
         match class_of(layout.size(), layout.align()) {
+            Some(class) if class == TINY_SOURCE_CLASS && self.wants_tiny(layout) => {
+                self.alloc_tiny(layout, false)
+            }
             Some(class) => self.alloc_small(class).map(Object::addr),
             None => self.alloc_large(layout, false),
         }
@@ -265,6 +269,9 @@ impl<P: Platform> SpanHeap<P> {
     /// cleared again.
     pub fn allocate_zeroed(&self, layout: Layout) -> Option<NonNull<u8>> {
         match class_of(layout.size(), layout.align()) {
+            Some(class) if class == TINY_SOURCE_CLASS && self.wants_tiny(layout) => {
+                self.alloc_tiny(layout, true)
+            }
             Some(class) => {
                 let object = self.alloc_small(class)?;
                 if !object.zeroed() {
@@ -274,6 +281,75 @@ impl<P: Platform> SpanHeap<P> {
                 Some(object.addr())
             }
             None => self.alloc_large(layout, true),
+        }
+    }
+
+    /// `true` when `layout` is served from tiny blocks (where the CPU has a cache).
+    #[inline(always)]
+    fn wants_tiny(&self, layout: Layout) -> bool {
+        tiny::is_tiny(layout.size(), layout.align()) && self.config.tiny_blocks
+    }
+
+    /// A tiny request: bump inside this CPU's current block, or start a new block
+    /// (retiring the old one first). Without a cache: an 8-byte class object.
+    #[inline(never)]
+    fn alloc_tiny(&self, layout: Layout, zero: bool) -> Option<NonNull<u8>> {
+        let (size, align) = (layout.size(), layout.align());
+        let pin = Pinned::<P>::enter();
+        let cache = self
+            .cache(&pin)
+            .or_else(|| pin.claim_cpu().and_then(|cpu| self.create_cache(cpu)));
+        let Some(cache) = cache else {
+            drop(pin);
+            let object = self.alloc_small(TINY_SOURCE_CLASS)?;
+            if zero && !object.zeroed() {
+                // SAFETY: the object is ours and at least `size` bytes.
+                unsafe { ptr::write_bytes(object.addr().as_ptr(), 0, size) };
+            }
+            return Some(object.addr());
+        };
+        let block = cache.tiny_block.load(Ordering::Relaxed);
+        let offset = cache.tiny_offset.load(Ordering::Relaxed);
+        let start = match tiny::place(offset, size, align) {
+            Some(start) if block != 0 => {
+                // SAFETY: `block` is this CPU's current block (pinned), `start` free.
+                unsafe { tiny::add(block, start) };
+                start
+            }
+            _ => {
+                // Fits any tiny request (at most 7 bytes at offset 4).
+                let start = tiny::place(tiny::FIRST_OFFSET, size, align)?;
+                // Retire the old block before taking a new one: taking may run out of
+                // memory and drain this cache, which retires the current block too.
+                self.retire_tiny(cache);
+                let new = self.alloc_small(TINY_BLOCK_CLASS)?.addr().as_ptr() as usize;
+                // SAFETY: a 16-byte class object we just allocated.
+                unsafe { tiny::start(new, start) };
+                cache.tiny_block.store(new, Ordering::Relaxed);
+                start
+            }
+        };
+        let block = cache.tiny_block.load(Ordering::Relaxed);
+        cache.tiny_offset.store(start + size, Ordering::Relaxed);
+        bump(&cache.counters.tiny);
+        let at = (block + start) as *mut u8;
+        if zero {
+            // SAFETY: `size` bytes at `start` of our block are this sub-object's.
+            unsafe { ptr::write_bytes(at, 0, size) };
+        }
+        NonNull::new(at)
+    }
+
+    /// Drops `cache`'s current tiny block (if any); an empty one goes back to its
+    /// class.
+    fn retire_tiny(&self, cache: &CpuCache) {
+        let block = cache.tiny_block.load(Ordering::Relaxed);
+        cache.tiny_block.store(0, Ordering::Relaxed);
+        // SAFETY: `block` was the cache's current block, and is no longer.
+        if block != 0 && unsafe { tiny::retire(block) } {
+            // SAFETY: a live 16-byte class object (not null), now empty and ours.
+            let block = unsafe { NonNull::new_unchecked(block as *mut u8) };
+            self.free_small_slow(TINY_BLOCK_CLASS, block);
         }
     }
 
@@ -382,6 +458,7 @@ impl<P: Platform> SpanHeap<P> {
     /// Empties every stack of `cache` into the centrals, and its kernel stacks into
     /// the stack pools.
     fn flush_all(&self, cache: &CpuCache) {
+        self.retire_tiny(cache);
         for class in SizeClass::all() {
             if cache.len(class) != 0 {
                 self.flush(cache, class, usize::MAX);
@@ -498,12 +575,39 @@ impl<P: Platform> SpanHeap<P> {
         let addr = ptr.as_ptr() as usize;
         // SAFETY: as in `deallocate`.
         let s = unsafe { span.as_ref() };
+        if s.class == Some(TINY_BLOCK_CLASS) && tiny::is_tiny(layout.size(), layout.align()) {
+            return self.free_tiny(s, addr);
+        }
         match class_of(layout.size(), layout.align()) {
             None => self.free_large(arena, span, addr, layout),
             Some(class) if s.kind == SpanKind::Small && s.class == Some(class) => {
                 self.free_small(s, class, ptr)
             }
             Some(_) => self.report_layout(addr, layout, s),
+        }
+    }
+
+    /// Frees the tiny sub-object at `addr` of a block in the 16-byte class span `s`;
+    /// the last one out of a retired block frees the block.
+    fn free_tiny(&self, s: &Span, addr: usize) {
+        let block = addr - addr % tiny::BLOCK;
+        let live_block = s.object_index(block).is_some_and(|i| s.is_allocated(i));
+        if !live_block {
+            // The whole block went back already: this sub-object was freed before.
+            return self.refuse(addr, |ptr| FreeError::DoubleFree { ptr });
+        }
+        if addr % tiny::BLOCK < tiny::FIRST_OFFSET {
+            return self.refuse(addr, |ptr| FreeError::Interior { ptr });
+        }
+        // SAFETY: the block is a live object of the 16-byte class (checked) and the
+        // offset is past its mask.
+        match unsafe { tiny::free(addr) } {
+            tiny::Freed::Kept => {}
+            tiny::Freed::NotLive => self.refuse(addr, |ptr| FreeError::DoubleFree { ptr }),
+            // SAFETY: `block` is a non-null object start of `s`, empty and ours now.
+            tiny::Freed::Empty => self.free_small(s, TINY_BLOCK_CLASS, unsafe {
+                NonNull::new_unchecked(block as *mut u8)
+            }),
         }
     }
 
@@ -649,8 +753,10 @@ impl<P: Platform> SpanHeap<P> {
         let new_layout = Layout::from_size_align(new_size, layout.align()).ok()?;
         let old_class = class_of(layout.size(), layout.align());
         let new_class = class_of(new_size, layout.align());
+        // A tiny sub-object has no room to grow in its block.
+        let tiny_growth = tiny::is_tiny(layout.size(), layout.align()) && new_size > layout.size();
         match (old_class, new_class) {
-            (Some(old), Some(new)) if old == new => return Some(ptr),
+            (Some(old), Some(new)) if old == new && !tiny_growth => return Some(ptr),
             (None, None) => {
                 if let Some(moved) = self.resize_large_in_place(ptr, new_size) {
                     return moved.then_some(ptr);
@@ -970,6 +1076,7 @@ impl<P: Platform> SpanHeap<P> {
             refills: c.refills.load(Ordering::Relaxed),
             flushes: c.flushes.load(Ordering::Relaxed),
             cached_bytes: SizeClass::all().map(|k| cache.len(k) * k.size()).sum(),
+            tiny: c.tiny.load(Ordering::Relaxed),
         })
     }
 
@@ -1019,7 +1126,15 @@ impl<P: Platform> SpanHeap<P> {
         stats.cpu_caches = self.caches().count();
         for class in SizeClass::all() {
             let lists = &centrals[class.index()];
-            let cached: usize = self.caches().map(|(_, cache)| cache.len(class)).sum();
+            let mut cached: usize = self.caches().map(|(_, cache)| cache.len(class)).sum();
+            if class == TINY_BLOCK_CLASS {
+                // A CPU's current tiny block is held by its cache (its live
+                // sub-objects, at most 14 bytes, count as cached with it).
+                cached += self
+                    .caches()
+                    .filter(|(_, cache)| cache.tiny_block.load(Ordering::Relaxed) != 0)
+                    .count();
+            }
             // A stack may have grown since the central was read (the snapshot is
             // exact only when other CPUs are idle): never report a negative count.
             let cached = cached.min(lists.allocated);
@@ -1230,6 +1345,7 @@ mod tests {
             let config = Config {
                 arena_size,
                 contents: InitialContents::Zeroed,
+                ..Config::DEFAULT
             };
             let heap = SpanHeap::with_config(config);
             // SAFETY: the region is ours for the TestHeap's life.

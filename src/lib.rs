@@ -53,6 +53,7 @@ pub mod size_class;
 mod span;
 mod stack;
 mod stats;
+mod tiny;
 
 pub use heap::{ErrorHook, FreeError, SpanHeap};
 pub use page_heap::MAX_ARENAS;

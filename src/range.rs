@@ -64,13 +64,18 @@ pub struct Config {
     pub arena_size: usize,
     /// What the memory given to `add_memory` holds.
     pub contents: InitialContents,
+    /// Pack requests of 1 to 7 bytes (aligned to at most 4) into 16-byte tiny blocks
+    /// on CPUs with a cache (up to 14 objects per block instead of one 8-byte object
+    /// each). Off: they take 8-byte class objects.
+    pub tiny_blocks: bool,
 }
 
 impl Config {
-    /// 64 MiB arenas, unknown initial contents.
+    /// 64 MiB arenas, unknown initial contents, tiny blocks on.
     pub const DEFAULT: Config = Config {
         arena_size: 64 << 20,
         contents: InitialContents::Unknown,
+        tiny_blocks: true,
     };
 
     /// Smallest arena window: 1 MiB.

@@ -46,18 +46,21 @@ pub struct CpuStats {
     pub flushes: usize,
     /// Bytes of objects in the cache now.
     pub cached_bytes: usize,
+    /// Tiny sub-objects (1 to 7 bytes) the CPU packed into 16-byte blocks.
+    pub tiny: usize,
 }
 
 impl fmt::Display for CpuStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "allocs {} frees {} refills {} flushes {} cached {} KiB",
+            "allocs {} frees {} refills {} flushes {} cached {} KiB tiny {}",
             self.allocs,
             self.frees,
             self.refills,
             self.flushes,
-            kib(self.cached_bytes)
+            kib(self.cached_bytes),
+            self.tiny
         )
     }
 }
@@ -87,7 +90,8 @@ pub struct Stats {
     pub span_free_bytes: usize,
     /// Bytes of free pages in the page heap.
     pub free_bytes: usize,
-    /// Bytes held by per-CPU caches.
+    /// Bytes held by per-CPU caches, including each CPU's current 16-byte tiny block
+    /// (with the tiny objects still live in it).
     pub cached_bytes: usize,
     /// Arenas.
     pub arenas: usize,
