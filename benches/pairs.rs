@@ -38,15 +38,15 @@
 //! else, so two runs with different N under `valgrind --tool=callgrind` differ only in
 //! the pairs: `benches/callgrind.sh` uses that.
 
+mod common;
+
+use common::{Region, Rng, Subject, Talc, REGION_SIZE};
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::Cell;
 use std::hint::black_box;
 use std::ptr;
 use std::time::Instant;
 
-const REGION_SIZE: usize = 64 << 20;
-const REGION_ALIGN: usize = 2 << 20;
-const PAGE: usize = 4096;
 const MIN_SIZE: f64 = 16.0;
 const MAX_SIZE: usize = 4096;
 const OBJECT_ALIGN: usize = 8;
@@ -61,20 +61,6 @@ const DEFAULT_SEED: u64 = 0x5eed_0003_0000_0001;
 
 // ---------------------------------------------------------------------------------
 // Workload
-
-/// SplitMix64: one 64-bit draw per pair.
-struct Rng(u64);
-
-impl Rng {
-    #[inline(always)]
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-}
 
 /// Log-uniform sizes over [16, 4096]: entry i is 16 * 256^((i + 0.5) / 4096), rounded.
 fn size_table() -> Vec<u32> {
@@ -184,94 +170,7 @@ fn free_all<A: GlobalAlloc>(a: &A, live: Vec<Slot>) {
 }
 
 // ---------------------------------------------------------------------------------
-// Backing memory
-
-/// A fresh 64 MiB region from the host allocator, every page already written.
-struct Region {
-    base: *mut u8,
-    layout: Layout,
-}
-
-impl Region {
-    fn new() -> Self {
-        let layout = Layout::from_size_align(REGION_SIZE, REGION_ALIGN).unwrap();
-        // SAFETY: non-zero size.
-        let base = unsafe { std::alloc::alloc(layout) };
-        assert!(!base.is_null(), "cannot allocate the backing region");
-        for off in (0..REGION_SIZE).step_by(PAGE) {
-            // SAFETY: inside the region.
-            unsafe { ptr::write_volatile(base.add(off), 0) };
-        }
-        Region { base, layout }
-    }
-
-    fn start(&self) -> usize {
-        self.base as usize
-    }
-
-    fn end(&self) -> usize {
-        self.base as usize + REGION_SIZE
-    }
-}
-
-impl Drop for Region {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe { std::alloc::dealloc(self.base, self.layout) };
-    }
-}
-
-// ---------------------------------------------------------------------------------
-// The allocators
-
-/// An allocator under test, built over a region it owns for the duration of one run.
-trait Subject: GlobalAlloc + Sized {
-    /// Builds the allocator over all of `region`.
-    ///
-    /// # Safety
-    ///
-    /// `region` outlives the allocator and nothing else uses it.
-    unsafe fn over(region: &Region) -> Box<Self>;
-}
-
-type Talc = talc::TalcLock<spinning_top::RawSpinlock, talc::source::Manual>;
-
-impl Subject for Talc {
-    unsafe fn over(region: &Region) -> Box<Self> {
-        let t = Box::new(Talc::new(talc::source::Manual));
-        // SAFETY: the region is ours, writable, and outlives the allocator.
-        unsafe { t.lock().claim(region.base, REGION_SIZE) }.expect("talc claim");
-        t
-    }
-}
-
-impl Subject for linked_list_allocator::LockedHeap {
-    unsafe fn over(region: &Region) -> Box<Self> {
-        let h = Box::new(linked_list_allocator::LockedHeap::empty());
-        // SAFETY: as above.
-        unsafe { h.lock().init(region.base, REGION_SIZE) };
-        h
-    }
-}
-
-impl Subject for buddy_system_allocator::LockedHeap<32> {
-    unsafe fn over(region: &Region) -> Box<Self> {
-        let h = Box::new(buddy_system_allocator::LockedHeap::<32>::new());
-        // SAFETY: as above.
-        unsafe { h.lock().init(region.start(), REGION_SIZE) };
-        h
-    }
-}
-
-impl<P: spanheap::platform::Platform> Subject for spanheap::SpanHeap<P> {
-    unsafe fn over(region: &Region) -> Box<Self> {
-        let h = Box::new(spanheap::SpanHeap::<P>::new());
-        let range = spanheap::MemoryRange::new(region.start(), region.end());
-        // SAFETY: as above.
-        unsafe { h.add_memory(range) }.expect("spanheap add_memory");
-        h
-    }
-}
+// The floor
 
 /// The floor: a LIFO list of fixed 4 KiB cells, no lock, no size logic.
 struct Floor {

@@ -183,10 +183,10 @@ mod tests {
     #[test]
     fn the_last_of_a_retired_block_frees_it_and_double_frees_are_seen() {
         #[repr(align(16))]
-        struct Block([u8; 16]);
+        struct Block(#[allow(dead_code)] [u8; 16]);
         let mut block = Block([0; 16]);
         let at = &mut block as *mut Block as usize;
-        // SAFETY (whole test): `block` stands in for a live 16-byte class object.
+        // SAFETY: (whole block) `block` stands in for a live 16-byte class object.
         unsafe {
             start(at, 2);
             add(at, 3);

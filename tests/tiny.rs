@@ -237,7 +237,7 @@ fn bad_tiny_frees_are_refused() {
     assert_eq!(b.as_ptr() as usize, a.as_ptr() as usize + 1, "packed");
     fill(b, 1);
     let refused = |n| assert_eq!(heap.stats().bad_frees, n);
-    // SAFETY (all frees below): the heap refuses the bad ones without touching memory.
+    // SAFETY: the heap refuses the bad frees below without touching memory.
     unsafe {
         heap.deallocate(a, l);
         refused(0);
