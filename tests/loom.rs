@@ -85,13 +85,14 @@ impl Span {
             self.refill(cache);
         }
         let i = cache.pop()?;
-        // The object is ours alone now: a plain write.
+        // SAFETY: the object is ours alone now (loom checks that): a plain write.
         self.objects[i].with_mut(|v| unsafe { *v = cpu });
         Some(i)
     }
 
     /// Frees object `i` into `cache`: the lock-free bit check, then the push.
     fn free(&self, cache: &mut Vec<usize>, i: usize, cpu: u64) {
+        // SAFETY: the caller owns object `i` until it is pushed (loom checks that).
         self.objects[i].with_mut(|v| unsafe { *v = cpu + 100 });
         if self.bits.load(Relaxed) & 1 << i == 0 {
             self.refused.fetch_add(1, Relaxed);
@@ -133,7 +134,9 @@ fn refills_and_flushes_race_with_a_cross_cpu_free() {
             })
         };
         let mut cache = Vec::new();
-        let a = span.alloc(&mut cache, 0).expect("three objects for two CPUs");
+        let a = span
+            .alloc(&mut cache, 0)
+            .expect("three objects for two CPUs");
         handed.store(a, Release);
         if let Some(b) = span.alloc(&mut cache, 0) {
             span.free(&mut cache, b, 0);
