@@ -19,6 +19,8 @@
 //!   (the lock its documentation recommends);
 //! - `lla`: `linked_list_allocator::LockedHeap` (spinning_top spinlock);
 //! - `buddy`: `buddy_system_allocator::LockedHeap<32>` (spin::Mutex);
+//! - `mimalloc`: the process-level reference (`mimalloc::MiMalloc`, its memory from
+//!   the OS, not from the region): for time only;
 //! - `floor`: not an allocator: a lock-free LIFO list of fixed 4 KiB cells, the least
 //!   work any allocator can do. It measures the harness (PRNG, touches, loop).
 //!
@@ -170,7 +172,32 @@ fn free_all<A: GlobalAlloc>(a: &A, live: Vec<Slot>) {
 }
 
 // ---------------------------------------------------------------------------------
-// The floor
+// References and the floor
+
+/// mimalloc, the process-level reference: it takes its memory from the OS, not from
+/// the region (a reference for time, not for memory use).
+struct Mimalloc(mimalloc::MiMalloc);
+
+impl Subject for Mimalloc {
+    unsafe fn over(_region: &Region) -> Box<Self> {
+        Box::new(Mimalloc(mimalloc::MiMalloc))
+    }
+}
+
+// SAFETY: forwards to mimalloc.
+unsafe impl GlobalAlloc for Mimalloc {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.alloc(layout) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.0.dealloc(p, layout) }
+    }
+}
 
 /// The floor: a LIFO list of fixed 4 KiB cells, no lock, no size logic.
 struct Floor {
@@ -246,10 +273,11 @@ enum Which {
     Talc,
     Lla,
     Buddy,
+    Mimalloc,
     Floor,
 }
 
-const ALL: [(Which, &str, &str); 6] = [
+const ALL: [(Which, &str, &str); 7] = [
     (
         Which::SpanHeap,
         "spanheap",
@@ -272,6 +300,11 @@ const ALL: [(Which, &str, &str); 6] = [
     ),
     (Which::Lla, "lla", "linked_list_allocator 0.10 LockedHeap"),
     (
+        Which::Mimalloc,
+        "mimalloc",
+        "mimalloc 0.1 (process allocator, reference; not over the region)",
+    ),
+    (
         Which::Floor,
         "floor",
         "floor: LIFO list of 4 KiB cells (harness cost)",
@@ -287,6 +320,7 @@ fn run_which(which: Which, name: &str, w: &Workload, n: u64) -> Run {
         Which::Talc => run_once::<Talc>(name, w, n),
         Which::Lla => run_once::<linked_list_allocator::LockedHeap>(name, w, n),
         Which::Buddy => run_once::<buddy_system_allocator::LockedHeap<32>>(name, w, n),
+        Which::Mimalloc => run_once::<Mimalloc>(name, w, n),
         Which::Floor => run_once::<Floor>(name, w, n),
     }
 }
@@ -302,7 +336,7 @@ struct Options {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: pairs [--only spanheap|talc|buddy|lla|floor] [--pairs N] [--runs N] [--live N] [--seed N] [--size N]"
+        "usage: pairs [--only spanheap|spanheap-uncached|talc|buddy|lla|mimalloc|floor] [--pairs N] [--runs N] [--live N] [--seed N] [--size N]"
     );
     std::process::exit(1)
 }
