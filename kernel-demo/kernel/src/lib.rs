@@ -1,5 +1,7 @@
 //! Support code shared by the spanheap demo and test kernels: boot configuration, the
-//! COM1 serial console, the QEMU exit device and the panic handler.
+//! COM1 serial console, the QEMU exit device and the panic handler; page mappings
+//! ([`paging`]), the local APIC ([`apic`]), the IDT and APIC timer ([`interrupts`])
+//! and AP start-up ([`smp`]).
 //!
 //! Every kernel binary in `src/bin/` is one scenario, booted by the host runner
 //! (`kernel-demo/runner`) in QEMU. A kernel reports success by [`exit_qemu`] with
@@ -12,12 +14,18 @@
 //! - Output goes through one spin-locked serial port; a panic while the lock is held
 //!   (a panic inside `print!`) forces the lock so that the message still gets out.
 #![no_std]
+// The IDT's handlers use the `x86-interrupt` calling convention (the kernels build on
+// the pinned nightly).
+#![feature(abi_x86_interrupt)]
 
 extern crate alloc;
 
 pub mod heap;
 
+pub mod apic;
+pub mod interrupts;
 pub mod memory_map;
+pub mod paging;
 pub mod qemu;
 pub mod serial;
 pub mod smp;

@@ -16,7 +16,9 @@
 //!   (the bootinfo adapter leaves memory below 1 MiB to the kernel);
 //! - AP `n` (ticket `n`, 0-based) runs on `stacks[n]` and becomes CPU `n + 1`.
 
+use crate::apic::LocalApic;
 use crate::heap::HEAP;
+use crate::paging;
 use crate::println;
 use alloc::vec::Vec;
 use bootloader_api::info::{MemoryRegionKind, MemoryRegions};
@@ -24,11 +26,7 @@ use bootloader_api::BootInfo;
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use x86_64::registers::control::Cr3;
-use x86_64::structures::paging::{
-    FrameAllocator, Mapper, OffsetPageTable, Page, PageTable, PageTableFlags, PhysFrame, Size4KiB,
-    Translate,
-};
-use x86_64::{PhysAddr, VirtAddr};
+use x86_64::structures::paging::PageTableFlags;
 
 /// What an AP runs once in long mode and registered with the heap: `cpu` is its
 /// index (1, 2, ...). When it returns, the AP counts itself done and parks.
@@ -159,20 +157,6 @@ fn offset_of(symbol: &u8) -> usize {
     symbol as *const u8 as usize - start
 }
 
-/// Takes page-table frames from the heap's page API.
-struct HeapFrames;
-
-// SAFETY: frames come from `alloc_pages`, are unused and never freed while mapped.
-unsafe impl FrameAllocator<Size4KiB> for HeapFrames {
-    fn allocate_frame(&mut self) -> Option<PhysFrame<Size4KiB>> {
-        let page = HEAP.alloc_pages(1, 4096)?;
-        // SAFETY: a fresh page of ours.
-        unsafe { core::ptr::write_bytes(page.as_ptr(), 0, 4096) };
-        let phys = HEAP.phys_addr(page)?;
-        Some(PhysFrame::containing_address(PhysAddr::new(phys as u64)))
-    }
-}
-
 /// The number of enabled processors in the ACPI MADT (local APIC and x2APIC entries).
 pub fn count_cpus(boot_info: &BootInfo) -> Option<usize> {
     let offset = boot_info.physical_memory_offset.into_option()? as usize;
@@ -234,33 +218,6 @@ fn trampoline_page(regions: &MemoryRegions) -> Option<u64> {
         .min()
 }
 
-/// Local APIC register access through its MMIO page.
-struct LocalApic(usize);
-
-impl LocalApic {
-    fn write(&self, reg: usize, value: u32) {
-        // SAFETY: a mapped, uncached LAPIC register page; `reg` is a register offset.
-        unsafe { core::ptr::write_volatile((self.0 + reg) as *mut u32, value) }
-    }
-
-    fn read(&self, reg: usize) -> u32 {
-        // SAFETY: as above.
-        unsafe { core::ptr::read_volatile((self.0 + reg) as *const u32) }
-    }
-
-    /// Sends an IPI to all CPUs but this one and waits until it is delivered.
-    fn broadcast(&self, command: u32) {
-        const ICR_LOW: usize = 0x300;
-        const ICR_HIGH: usize = 0x310;
-        const ALL_BUT_SELF: u32 = 0b11 << 18;
-        self.write(ICR_HIGH, 0);
-        self.write(ICR_LOW, command | ALL_BUT_SELF);
-        while self.read(ICR_LOW) & (1 << 12) != 0 {
-            core::hint::spin_loop();
-        }
-    }
-}
-
 fn delay(spins: u64) {
     for _ in 0..spins {
         core::hint::spin_loop();
@@ -285,38 +242,23 @@ pub fn start_aps(boot_info: &BootInfo, work: ApWork) -> usize {
         .expect("physical memory is mapped");
     let page = trampoline_page(&boot_info.memory_regions).expect("a usable page below 1 MiB");
 
-    // The BSP's page tables, extended by an identity mapping of the trampoline and a
-    // mapping of the local APIC.
+    // The BSP's page tables, extended by an identity mapping of the trampoline (so
+    // that the jump into long mode lands on mapped code) and a mapping of the local
+    // APIC.
     let (l4_frame, _) = Cr3::read();
-    // SAFETY: all physical memory is mapped at `offset`; the level-4 table is the
-    // active one and nothing else edits page tables while we do.
-    let mut mapper = unsafe {
-        let l4 = &mut *((l4_frame.start_address().as_u64() + offset) as *mut PageTable);
-        OffsetPageTable::new(l4, VirtAddr::new(offset))
+    // SAFETY: 1. the boot config maps physical memory at `offset`, the page tables are
+    // the bootloader's; 2. the APs have not started, and only this CPU maps; 3. the
+    // trampoline page is a usable page below 1 MiB, which neither the heap nor any
+    // Rust object owns (module invariant).
+    unsafe {
+        paging::map_page(
+            offset,
+            page,
+            page,
+            PageTableFlags::PRESENT | PageTableFlags::WRITABLE,
+        )
     };
-    let map = |mapper: &mut OffsetPageTable<'_>, virt: u64, phys: u64, flags: PageTableFlags| {
-        if mapper.translate_addr(VirtAddr::new(virt)) == Some(PhysAddr::new(phys)) {
-            return;
-        }
-        let page = Page::<Size4KiB>::containing_address(VirtAddr::new(virt));
-        let frame = PhysFrame::containing_address(PhysAddr::new(phys));
-        // SAFETY: the page is unmapped (map_to refuses otherwise) and the frame is the
-        // trampoline page or the LAPIC's MMIO page.
-        unsafe { mapper.map_to(page, frame, flags, &mut HeapFrames) }
-            .expect("mapping for AP start-up")
-            .flush();
-    };
-    let rw = PageTableFlags::PRESENT | PageTableFlags::WRITABLE;
-    map(&mut mapper, page, page, rw);
-    let lapic_phys = 0xFEE0_0000u64;
-    let lapic_virt = lapic_phys + offset;
-    map(
-        &mut mapper,
-        lapic_virt,
-        lapic_phys,
-        rw | PageTableFlags::NO_CACHE | PageTableFlags::WRITE_THROUGH,
-    );
-    let lapic = LocalApic(lapic_virt as usize);
+    let lapic = LocalApic::map(boot_info);
 
     // One stack per AP, from the heap's stack API; the tops go to the trampoline.
     let stacks: Vec<usize> = (0..aps)
