@@ -176,26 +176,9 @@ fn free_all<A: GlobalAlloc>(a: &A, live: Vec<Slot>) {
 
 /// mimalloc, the process-level reference: it takes its memory from the OS, not from
 /// the region (a reference for time, not for memory use).
-struct Mimalloc(mimalloc::MiMalloc);
-
-impl Subject for Mimalloc {
+impl Subject for mimalloc::MiMalloc {
     unsafe fn over(_region: &Region) -> Box<Self> {
-        Box::new(Mimalloc(mimalloc::MiMalloc))
-    }
-}
-
-// SAFETY: forwards to mimalloc.
-unsafe impl GlobalAlloc for Mimalloc {
-    #[inline]
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.0.alloc(layout) }
-    }
-
-    #[inline]
-    unsafe fn dealloc(&self, p: *mut u8, layout: Layout) {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.0.dealloc(p, layout) }
+        Box::new(mimalloc::MiMalloc)
     }
 }
 
@@ -320,7 +303,7 @@ fn run_which(which: Which, name: &str, w: &Workload, n: u64) -> Run {
         Which::Talc => run_once::<Talc>(name, w, n),
         Which::Lla => run_once::<linked_list_allocator::LockedHeap>(name, w, n),
         Which::Buddy => run_once::<buddy_system_allocator::LockedHeap<32>>(name, w, n),
-        Which::Mimalloc => run_once::<Mimalloc>(name, w, n),
+        Which::Mimalloc => run_once::<mimalloc::MiMalloc>(name, w, n),
         Which::Floor => run_once::<Floor>(name, w, n),
     }
 }

@@ -226,20 +226,20 @@ impl<P: Platform> SpanHeap<P> {
     /// every other address): the free fast path.
     #[inline(always)]
     fn span_of_near(&self, addr: usize) -> Option<(NonNull<Arena>, NonNull<Span>)> {
-        let arena = self.index.get_near(addr >> self.arena_shift)?;
-        // SAFETY: arenas in the index live as long as the heap.
-        let a = unsafe { arena.as_ref() };
-        let span = a.span_of_page(a.page_of(addr))?;
-        Some((arena, span))
+        Self::span_in(self.index.get_near(addr >> self.arena_shift)?, addr)
     }
 
     /// The arena and span holding `addr`, found without a lock.
     fn span_of(&self, addr: usize) -> Option<(NonNull<Arena>, NonNull<Span>)> {
-        let arena = self.index.get(addr >> self.arena_shift)?;
+        Self::span_in(self.index.get(addr >> self.arena_shift)?, addr)
+    }
+
+    /// `arena` (the index's answer for `addr`) and its span at `addr`.
+    #[inline(always)]
+    fn span_in(arena: NonNull<Arena>, addr: usize) -> Option<(NonNull<Arena>, NonNull<Span>)> {
         // SAFETY: arenas in the index live as long as the heap.
         let a = unsafe { arena.as_ref() };
-        let span = a.span_of_page(a.page_of(addr))?;
-        Some((arena, span))
+        Some((arena, a.span_of_page(a.page_of(addr))?))
     }
 
     fn arena_of(&self, addr: usize) -> NonNull<Arena> {
@@ -256,10 +256,7 @@ impl<P: Platform> SpanHeap<P> {
     #[inline]
     pub fn allocate(&self, layout: Layout) -> Option<NonNull<u8>> {
         match class_of(layout.size(), layout.align()) {
-            Some(class) if class == TINY_SOURCE_CLASS && self.wants_tiny(layout) => {
-                self.alloc_tiny(layout, false)
-            }
-            Some(class) => self.alloc_small(class).map(Object::addr),
+            Some(class) => self.alloc_object(class, layout).map(|(ptr, _)| ptr),
             None => self.alloc_large(layout, false),
         }
     }
@@ -269,19 +266,29 @@ impl<P: Platform> SpanHeap<P> {
     /// cleared again.
     pub fn allocate_zeroed(&self, layout: Layout) -> Option<NonNull<u8>> {
         match class_of(layout.size(), layout.align()) {
-            Some(class) if class == TINY_SOURCE_CLASS && self.wants_tiny(layout) => {
-                self.alloc_tiny(layout, true)
-            }
             Some(class) => {
-                let object = self.alloc_small(class)?;
-                if !object.zeroed() {
+                let (ptr, zeroed) = self.alloc_object(class, layout)?;
+                if !zeroed {
                     // SAFETY: the object is ours and at least layout.size() bytes.
-                    unsafe { ptr::write_bytes(object.addr().as_ptr(), 0, layout.size()) };
+                    unsafe { ptr::write_bytes(ptr.as_ptr(), 0, layout.size()) };
                 }
-                Some(object.addr())
+                Some(ptr)
             }
             None => self.alloc_large(layout, true),
         }
+    }
+
+    /// An object of `class` (`class_of(layout)`), or a tiny sub-object for a tiny
+    /// layout; and whether it is known to hold zeroes.
+    #[inline(always)]
+    fn alloc_object(&self, class: SizeClass, layout: Layout) -> Option<(NonNull<u8>, bool)> {
+        // Every tiny layout has the 8-byte class: the byte compare keeps the tiny test
+        // off every other class's path.
+        if class == TINY_SOURCE_CLASS && self.wants_tiny(layout) {
+            return self.alloc_tiny(layout);
+        }
+        let object = self.alloc_small(class)?;
+        Some((object.addr(), object.zeroed()))
     }
 
     /// `true` when `layout` is served from tiny blocks (where the CPU has a cache).
@@ -293,7 +300,7 @@ impl<P: Platform> SpanHeap<P> {
     /// A tiny request: bump inside this CPU's current block, or start a new block
     /// (retiring the old one first). Without a cache: an 8-byte class object.
     #[inline(never)]
-    fn alloc_tiny(&self, layout: Layout, zero: bool) -> Option<NonNull<u8>> {
+    fn alloc_tiny(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
         let (size, align) = (layout.size(), layout.align());
         let pin = Pinned::<P>::enter();
         let cache = self
@@ -302,19 +309,15 @@ impl<P: Platform> SpanHeap<P> {
         let Some(cache) = cache else {
             drop(pin);
             let object = self.alloc_small(TINY_SOURCE_CLASS)?;
-            if zero && !object.zeroed() {
-                // SAFETY: the object is ours and at least `size` bytes.
-                unsafe { ptr::write_bytes(object.addr().as_ptr(), 0, size) };
-            }
-            return Some(object.addr());
+            return Some((object.addr(), object.zeroed()));
         };
         let block = cache.tiny_block.load(Ordering::Relaxed);
         let offset = cache.tiny_offset.load(Ordering::Relaxed);
-        let start = match tiny::place(offset, size, align) {
+        let (block, start) = match tiny::place(offset, size, align) {
             Some(start) if block != 0 => {
                 // SAFETY: `block` is this CPU's current block (pinned), `start` free.
                 unsafe { tiny::add(block, start) };
-                start
+                (block, start)
             }
             _ => {
                 // Fits any tiny request (at most 7 bytes at offset 4).
@@ -326,18 +329,12 @@ impl<P: Platform> SpanHeap<P> {
                 // SAFETY: a 16-byte class object we just allocated.
                 unsafe { tiny::start(new, start) };
                 cache.tiny_block.store(new, Ordering::Relaxed);
-                start
+                (new, start)
             }
         };
-        let block = cache.tiny_block.load(Ordering::Relaxed);
         cache.tiny_offset.store(start + size, Ordering::Relaxed);
         bump(&cache.counters.tiny);
-        let at = (block + start) as *mut u8;
-        if zero {
-            // SAFETY: `size` bytes at `start` of our block are this sub-object's.
-            unsafe { ptr::write_bytes(at, 0, size) };
-        }
-        NonNull::new(at)
+        Some((NonNull::new((block + start) as *mut u8)?, false))
     }
 
     /// Drops `cache`'s current tiny block (if any); an empty one goes back to its
@@ -580,9 +577,7 @@ impl<P: Platform> SpanHeap<P> {
         }
         match class_of(layout.size(), layout.align()) {
             None => self.free_large(arena, span, addr, layout),
-            Some(class) if s.kind == SpanKind::Small && s.class == Some(class) => {
-                self.free_small(s, class, ptr)
-            }
+            Some(class) if s.class == Some(class) => self.free_small(s, class, ptr),
             Some(_) => self.report_layout(addr, layout, s),
         }
     }
@@ -1269,7 +1264,7 @@ impl<P: Platform> SpanHeap<P> {
                     // SAFETY: a span-map entry is a live descriptor; the central locks
                     // are held by the caller.
                     let s = unsafe { span.as_ref() };
-                    if s.kind != SpanKind::Small || s.class != Some(class) {
+                    if s.class != Some(class) {
                         return Err("cache: object in the stack of another class");
                     }
                     match s.object_index(addr) {

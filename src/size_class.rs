@@ -112,10 +112,10 @@ pub const MAX_SMALL_SIZE: usize = 32 * 1024;
 pub const NUM_CLASSES: usize = DRAFT.len;
 
 /// The most objects any class fits in one span (the 8-byte class: one page).
-pub(crate) const MAX_OBJECTS_PER_SPAN: usize = max_objects_per_span();
+pub(crate) const MAX_OBJECTS_PER_SPAN: usize = span_maxima().0;
 
 /// The longest span of any class, in pages (the 32 KiB class).
-pub(crate) const MAX_SPAN_PAGES: usize = max_span_pages();
+pub(crate) const MAX_SPAN_PAGES: usize = span_maxima().1;
 
 /// Smallest object size and spacing of the first classes.
 const MIN_SIZE: usize = 8;
@@ -386,30 +386,20 @@ const fn build_align_up() -> [[u8; ALIGN_COLUMNS]; NUM_CLASSES] {
     table
 }
 
-const fn max_objects_per_span() -> usize {
-    let mut max = 0;
+/// The most objects per span and the most pages per span over all classes.
+const fn span_maxima() -> (usize, usize) {
+    let (mut objects, mut pages) = (0, 0);
     let mut c = 1;
     while c < NUM_CLASSES {
-        let objects = CLASSES[c].objects as usize;
-        if objects > max {
-            max = objects;
+        if CLASSES[c].objects as usize > objects {
+            objects = CLASSES[c].objects as usize;
+        }
+        if CLASSES[c].pages as usize > pages {
+            pages = CLASSES[c].pages as usize;
         }
         c += 1;
     }
-    max
-}
-
-const fn max_span_pages() -> usize {
-    let mut max = 0;
-    let mut c = 1;
-    while c < NUM_CLASSES {
-        let pages = CLASSES[c].pages as usize;
-        if pages > max {
-            max = pages;
-        }
-        c += 1;
-    }
-    max
+    (objects, pages)
 }
 
 const _: () = assert!(MAX_SMALL_SIZE % PAGE_SIZE == 0);
@@ -421,7 +411,19 @@ static CLASSES: [ClassInfo; NUM_CLASSES] = build_classes();
 
 /// `SIZE_TO_CLASS8[(size + 7) / 8]`: the smallest class of at least `size`, for
 /// `size <= 1024`.
-static SIZE_TO_CLASS8: [u8; SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1] = build_size_to_class8();
+static SIZE_TO_CLASS8: [SizeClass; SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1] = {
+    let indices = build_size_to_class8();
+    let mut classes = [SizeClass(NonZeroU8::MIN); SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1];
+    let mut i = 0;
+    while i < classes.len() {
+        classes[i] = match NonZeroU8::new(indices[i]) {
+            Some(class) => SizeClass(class),
+            None => panic!("every size up to SMALL_SIZE_MAX has a class"),
+        };
+        i += 1;
+    }
+    classes
+};
 
 /// `SIZE_TO_CLASS128[(size - 1024 + 127) / 128]`: the smallest class of at least `size`,
 /// for `1024 < size <= MAX_SMALL_SIZE`.
@@ -570,9 +572,9 @@ impl SizeClass {
 pub fn class_of(size: usize, align: usize) -> Option<SizeClass> {
     debug_assert!(align.is_power_of_two(), "align is a power of two");
     if size <= SMALL_SIZE_MAX && align <= CLASS_GRANULE {
-        // Every class is a multiple of MIN_SIZE (checked below), so such an alignment
+        // Every class is a multiple of CLASS_GRANULE (checked below), so such an alignment
         // never moves the class up.
-        return Some(SMALL_CLASSES[size.div_ceil(SMALL_SIZE_DIV)]);
+        return Some(SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)]);
     }
     class_of_aligned(size, align)
 }
@@ -580,7 +582,7 @@ pub fn class_of(size: usize, align: usize) -> Option<SizeClass> {
 #[inline(never)]
 fn class_of_aligned(size: usize, align: usize) -> Option<SizeClass> {
     let by_size = if size <= SMALL_SIZE_MAX {
-        SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)]
+        SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)].0.get()
     } else {
         // Out of bounds exactly when size > MAX_SMALL_SIZE.
         *SIZE_TO_CLASS128.get((size - SMALL_SIZE_MAX).div_ceil(LARGE_SIZE_DIV))?
@@ -589,21 +591,6 @@ fn class_of_aligned(size: usize, align: usize) -> Option<SizeClass> {
     let class = *ALIGN_UP[by_size as usize].get(align.trailing_zeros() as usize)?;
     NonZeroU8::new(class).map(SizeClass)
 }
-
-/// `SIZE_TO_CLASS8` as classes, for the fast path of [`class_of`].
-static SMALL_CLASSES: [SizeClass; SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1] = {
-    let indices = build_size_to_class8();
-    let mut classes = [SizeClass(NonZeroU8::MIN); SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1];
-    let mut i = 0;
-    while i < classes.len() {
-        classes[i] = match NonZeroU8::new(indices[i]) {
-            Some(class) => SizeClass(class),
-            None => panic!("every size up to SMALL_SIZE_MAX has a class"),
-        };
-        i += 1;
-    }
-    classes
-};
 
 const _: () = {
     let mut c = 1;
