@@ -389,6 +389,14 @@ impl<P: Platform> SpanHeap<P> {
         let Some(cache) = cache else {
             return self.take_small(class);
         };
+        // Pinned again, the stack need not be empty any more: the fast path may have
+        // found no index (a host thread claims one only here, and may get the cache
+        // of a thread that exited), or an interrupt handler may have freed into it.
+        // SAFETY: pinned to the cache's CPU.
+        if let Some(object) = unsafe { cache.pop(class) } {
+            bump(&cache.counters.allocs);
+            return Some(object);
+        }
         let object = self.refill(cache, class).or_else(|| {
             // Out of memory: give back what this CPU holds, then the reserves.
             self.flush_all(cache);
@@ -419,14 +427,16 @@ impl<P: Platform> SpanHeap<P> {
     fn refill(&self, cache: &CpuCache, class: SizeClass) -> Option<Object> {
         let mut lists = self.centrals[class.index()].lock();
         let first = lists.take(class, &self.pages)?;
-        for _ in 1..class.batch() {
+        // Never take an object the stack has no room for (it would be lost).
+        let room = CpuCache::capacity(class) - cache.len(class);
+        for _ in 1..class.batch().min(room + 1) {
             let Some(object) = lists.take(class, &self.pages) else {
                 break;
             };
             // SAFETY: pinned to the cache's CPU (callers hold a `Pinned`); the object
             // is allocated in its span and ours.
             let pushed = unsafe { cache.push(class, object) };
-            debug_assert!(pushed, "a refill starts from an empty stack");
+            debug_assert!(pushed, "room was counted");
         }
         bump(&cache.counters.refills);
         Some(first)
@@ -856,7 +866,7 @@ impl<P: Platform> SpanHeap<P> {
     #[cold]
     fn refill_stacks(&self, order: usize, pin: &Pinned<P>) -> Option<NonNull<u8>> {
         let cache = pin
-            .cpu()
+            .claim_cpu()
             .and_then(|cpu| self.cache(pin).or_else(|| self.create_cache(cpu)));
         let mut pool = self.stacks.pools[order].lock();
         let first = pool.take(order, &self.pages)?;
@@ -1514,6 +1524,69 @@ mod tests {
         t.heap.check_invariants().unwrap();
         // SAFETY: still live.
         unsafe { t.heap.deallocate(keep, l) };
+    }
+
+    /// A platform whose threads get CPU 0 only on a slow path (`claim_index`), as
+    /// host threads do; the test runs its threads one after the other.
+    struct ClaimLater;
+
+    std::thread_local! {
+        static CLAIMED: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+    }
+
+    // SAFETY: the test using it runs one thread at a time, so CPU 0 has one user.
+    unsafe impl Platform for ClaimLater {
+        type Saved = ();
+        fn enter() {}
+        unsafe fn exit(_: ()) {}
+        fn cpu_index() -> Option<usize> {
+            CLAIMED.with(|c| c.get()).then_some(0)
+        }
+        fn claim_index() -> Option<usize> {
+            CLAIMED.with(|c| c.set(true));
+            Some(0)
+        }
+    }
+
+    #[test]
+    fn a_cpu_that_takes_over_a_full_cache_loses_no_object() {
+        let l = Layout::from_size_align(8 << 20, 2 << 20).unwrap();
+        // SAFETY: non-zero size.
+        let region = unsafe { alloc_zeroed(l) } as usize;
+        assert_ne!(region, 0);
+        let heap = SpanHeap::<ClaimLater>::new();
+        // SAFETY: our region, for the heap's life.
+        unsafe { heap.add_memory(MemoryRange::new(region, region + (8 << 20))) }.unwrap();
+        let object = layout(64, 8);
+        let class = class_of(64, 8).unwrap();
+        std::thread::scope(|s| {
+            // The first thread leaves CPU 0's stack of the class full.
+            s.spawn(|| {
+                let n = CpuCache::capacity(class);
+                let all: Vec<_> = (0..n).map(|_| heap.allocate(object).unwrap()).collect();
+                for p in all {
+                    // SAFETY: allocated above with `object`.
+                    unsafe { heap.deallocate(p, object) };
+                }
+            })
+            .join()
+            .unwrap();
+            // The next one finds no index on its fast path, claims CPU 0 on the slow
+            // path and must take from the full stack, not refill on top of it.
+            s.spawn(|| {
+                let p = heap.allocate(object).unwrap();
+                // SAFETY: allocated just now with `object`.
+                unsafe { heap.deallocate(p, object) };
+            })
+            .join()
+            .unwrap();
+        });
+        // SAFETY: both threads are done; CPU 0 has no other user.
+        unsafe { heap.drain_offline_cpu(0) };
+        heap.check_invariants().unwrap();
+        assert_eq!(heap.stats().in_use_bytes, 0, "{}", heap.stats());
+        // SAFETY: the heap is not used after this and has no destructor.
+        unsafe { dealloc(region as *mut u8, l) };
     }
 
     /// Two threads (two CPUs) allocate, swap their objects and free the other's:
