@@ -5,6 +5,11 @@
 //! kind `Usable` becomes a [`MemoryRange`] of virtual addresses `offset + physical`.
 //! Physical memory below [`LOW_MEMORY_LIMIT`] (1 MiB) is left to the kernel: it holds
 //! the real-mode IVT and BIOS data and is where AP trampolines must live.
+//!
+//! # Invariants
+//!
+//! - every range handed to the heap is `offset + physical` of a `Usable` region, at or
+//!   above [`LOW_MEMORY_LIMIT`]; nothing else of the memory map is touched.
 
 use crate::platform::Platform;
 use crate::range::MemoryRange;

@@ -36,6 +36,11 @@
 //! - `stats`: the balanced snapshot.
 //!
 //! The crate is `no_std` and builds on stable Rust for `x86_64-unknown-none`.
+//!
+//! # Invariants
+//!
+//! - platform-specific code (CPUs, interrupts, threads) lives only under `platform`;
+//!   every other module reaches per-CPU state through `platform::Pinned`.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
 mod arena;

@@ -1,5 +1,10 @@
 //! Memory intake: the ranges a kernel hands to the heap, the heap's configuration, and
 //! the errors of `add_memory`.
+//!
+//! # Invariants
+//!
+//! - a `Config` is fixed when the heap is built (`is_valid` holds for any heap that
+//!   takes memory); an `AddMemoryError` means nothing of the range was used.
 
 use crate::size_class::PAGE_SIZE;
 use core::fmt;

@@ -1,5 +1,10 @@
 //! The kernels' global allocator: spanheap over the memory the bootloader reports,
 //! and the workload the demo and the heap test run on it.
+//!
+//! # Invariants
+//!
+//! - `HEAP` gets the boot memory once, in `init`, before any allocation; each CPU
+//!   registers its index (`register_cpu`) before its first allocation from a cache.
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;

@@ -1,4 +1,8 @@
 //! Printing and summing the memory map the bootloader reports.
+//!
+//! # Invariants
+//!
+//! - read-only: nothing here changes the memory map or allocates.
 
 use crate::println;
 use bootloader_api::info::{MemoryRegion, MemoryRegionKind};

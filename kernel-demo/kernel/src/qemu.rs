@@ -2,6 +2,10 @@
 //!
 //! QEMU exits with `(value << 1) | 1`: [`QemuExitCode::Success`] (0x10) gives 33,
 //! [`QemuExitCode::Failure`] (0x11) gives 35. The runner maps 33 to success.
+//!
+//! # Invariants
+//!
+//! - `exit_qemu` never returns: after the port write it halts forever.
 
 use x86_64::instructions::{hlt, interrupts, port::Port};
 

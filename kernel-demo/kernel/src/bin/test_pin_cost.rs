@@ -17,6 +17,11 @@
 //!
 //! No timer is started: the IDT is loaded and the legacy PICs are masked so that
 //! interrupts may be on during (b).
+//!
+//! # Invariants
+//!
+//! - one CPU, no timer: nothing but the loop being measured runs between the two TSC
+//!   reads of a measurement.
 #![no_std]
 #![no_main]
 
