@@ -383,7 +383,8 @@ fn mix(mut z: u64) -> u64 {
 /// Word `i` of the pattern with `seed` (byte `k` of a block is byte `k % 8` of word
 /// `k / 8`, so every prefix of a filled block is the pattern of that prefix).
 fn word(seed: u64, i: usize) -> u64 {
-    let x = (seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    let x =
+        (seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
     x ^ (x >> 29)
 }
 
@@ -434,7 +435,12 @@ unsafe fn fill_range(base: usize, seed: u64, from: usize, to: usize) {
 /// # Safety
 ///
 /// The block's bytes `from..to` are readable memory the caller owns.
-unsafe fn check_range(base: usize, seed: Option<u64>, from: usize, to: usize) -> Option<(usize, u8, u8)> {
+unsafe fn check_range(
+    base: usize,
+    seed: Option<u64>,
+    from: usize,
+    to: usize,
+) -> Option<(usize, u8, u8)> {
     let expected = |k: usize| seed.map_or(0, |seed| pattern_byte(seed, k));
     let mut k = from;
     while k < to {
@@ -536,7 +542,9 @@ impl Block {
                 continue;
             }
             // SAFETY: inside live memory (caller).
-            if let Some((off, found, want)) = unsafe { check_range(at, Some(self.seed()), from, to) } {
+            if let Some((off, found, want)) =
+                unsafe { check_range(at, Some(self.seed()), from, to) }
+            {
                 panic!("{what}: pattern of block {self:x?} (now at {at:#x}) broken at offset {off}: {found:#04x}, expected {want:#04x}");
             }
         }
@@ -597,7 +605,6 @@ impl Intervals {
         }
         self.0.insert(start, end);
     }
-
 }
 
 /// The window parts of `[start, end)`: split at multiples of `size`.
@@ -607,7 +614,9 @@ fn window_parts(start: usize, end: usize, size: usize) -> impl Iterator<Item = (
         if at >= end {
             return None;
         }
-        let next = (at / size + 1).checked_mul(size).map_or(end, |n| n.min(end));
+        let next = (at / size + 1)
+            .checked_mul(size)
+            .map_or(end, |n| n.min(end));
         let part = (at, next);
         at = next;
         Some(part)
@@ -715,9 +724,16 @@ impl Model {
             self.usable.covers(block.start, block.end()),
             "{what}: block {block:x?} lies outside the heap's usable memory"
         );
-        assert_eq!(block.start % align, 0, "{what}: block {block:x?} not aligned to {align:#x}");
+        assert_eq!(
+            block.start % align,
+            0,
+            "{what}: block {block:x?} not aligned to {align:#x}"
+        );
         if let Some((&s, &e)) = self.live.range(..block.end()).next_back() {
-            assert!(e <= block.start, "{what}: block {block:x?} overlaps live block {s:#x}..{e:#x}");
+            assert!(
+                e <= block.start,
+                "{what}: block {block:x?} overlaps live block {s:#x}..{e:#x}"
+            );
         }
         self.live.insert(block.start, block.end());
     }
@@ -746,7 +762,10 @@ impl Model {
                 }
             }
             None => {
-                step(&mut self.large_bytes, large_pages(layout.size()) * PAGE_SIZE);
+                step(
+                    &mut self.large_bytes,
+                    large_pages(layout.size()) * PAGE_SIZE,
+                );
                 step(&mut self.large_objects, 1);
             }
         }
@@ -768,7 +787,10 @@ impl Model {
     /// (overlap in a window with an arena, too small for a new arena's metadata),
     /// then too many arenas. `Ok` with the page range and the new arenas' metadata.
     #[allow(clippy::type_complexity)]
-    fn predict_add(&self, range: MemoryRange) -> Result<((usize, usize), Vec<(usize, usize)>), AddMemoryError> {
+    fn predict_add(
+        &self,
+        range: MemoryRange,
+    ) -> Result<((usize, usize), Vec<(usize, usize)>), AddMemoryError> {
         if range.start < PAGE_SIZE && range.end > range.start {
             return Err(AddMemoryError::NullPage(range));
         }
@@ -850,7 +872,10 @@ impl Run1 {
     /// No free was refused since the last look.
     fn no_refusals(&self, what: &str) {
         let refused = take_refused();
-        assert!(refused.is_empty(), "{what}: the heap refused frees: {refused:x?}");
+        assert!(
+            refused.is_empty(),
+            "{what}: the heap refused frees: {refused:x?}"
+        );
     }
 
     // --- memory intake ---
@@ -865,7 +890,8 @@ impl Run1 {
                 head,
                 tail,
             } => {
-                let start = self.model.cursor.next_multiple_of(PAGE_SIZE) + gap as usize * PAGE_SIZE;
+                let start =
+                    self.model.cursor.next_multiple_of(PAGE_SIZE) + gap as usize * PAGE_SIZE;
                 let end = (start + (pages as usize % 8192 + 1) * PAGE_SIZE).min(top);
                 let start = (start + head as usize % PAGE_SIZE).min(top);
                 MemoryRange::new(start, end.saturating_sub(tail as usize % PAGE_SIZE))
@@ -930,15 +956,30 @@ impl Run1 {
         match predicted {
             Err(error) => {
                 assert_eq!(result, Err(error), "add_memory({range:x?})");
-                assert_eq!(before, after, "refused add_memory({range:x?}) changed the heap");
+                assert_eq!(
+                    before, after,
+                    "refused add_memory({range:x?}) changed the heap"
+                );
             }
             Ok(((start, end), metadata)) => {
                 assert_eq!(result, Ok(()), "add_memory({range:x?})");
                 let meta = metadata.len() * self.model.arena_meta;
                 let added = end - start;
-                assert_eq!(after.managed_bytes, before.managed_bytes + added, "add_memory({range:x?})");
-                assert_eq!(after.metadata_bytes, before.metadata_bytes + meta, "add_memory({range:x?})");
-                assert_eq!(after.free_bytes, before.free_bytes + added - meta, "add_memory({range:x?})");
+                assert_eq!(
+                    after.managed_bytes,
+                    before.managed_bytes + added,
+                    "add_memory({range:x?})"
+                );
+                assert_eq!(
+                    after.metadata_bytes,
+                    before.metadata_bytes + meta,
+                    "add_memory({range:x?})"
+                );
+                assert_eq!(
+                    after.free_bytes,
+                    before.free_bytes + added - meta,
+                    "add_memory({range:x?})"
+                );
                 assert_eq!(after.arenas, before.arenas + metadata.len());
                 let size = self.model.config.arena_size;
                 for (part_start, part_end) in window_parts(start, end, size) {
@@ -981,19 +1022,29 @@ impl Run1 {
             // SAFETY: a non-zero size.
             (true, true) => NonNull::new(unsafe { self.heap.alloc_zeroed(layout) }),
         };
-        let what = if zeroed { "allocate_zeroed" } else { "allocate" };
+        let what = if zeroed {
+            "allocate_zeroed"
+        } else {
+            "allocate"
+        };
         self.no_refusals(what);
         let Some(p) = got else {
             return false;
         };
-        assert!(!self.must_fail(layout), "{what}({layout:?}) beyond the arena size gave {p:?}");
+        assert!(
+            !self.must_fail(layout),
+            "{what}({layout:?}) beyond the arena size gave {p:?}"
+        );
         let block = self.model.new_block(p.as_ptr() as usize, layout.size());
         self.model.admit(block, layout.align(), what);
         if zeroed {
             for (from, to) in segments(block.len) {
                 // SAFETY: the live block is ours.
                 if let Some((off, found, _)) = unsafe { check_range(block.start, None, from, to) } {
-                    panic!("allocate_zeroed({layout:?}) = {:#x}: byte {off} is {found:#04x}", block.start);
+                    panic!(
+                        "allocate_zeroed({layout:?}) = {:#x}: byte {off} is {found:#04x}",
+                        block.start
+                    );
                 }
             }
         }
@@ -1008,7 +1059,10 @@ impl Run1 {
         if self.model.objects.is_empty() {
             return;
         }
-        let object = self.model.objects.swap_remove(index % self.model.objects.len());
+        let object = self
+            .model
+            .objects
+            .swap_remove(index % self.model.objects.len());
         // SAFETY: live and ours.
         unsafe { object.block.verify("free") };
         self.model.forget(&object.block);
@@ -1051,7 +1105,10 @@ impl Run1 {
             unsafe { old.block.verify("failed reallocate") };
             return;
         };
-        assert!(!self.must_fail(new_layout), "reallocate to {new_layout:?} beyond the arena size");
+        assert!(
+            !self.must_fail(new_layout),
+            "reallocate to {new_layout:?} beyond the arena size"
+        );
         self.model.objects.swap_remove(at);
         self.model.forget(&old.block);
         self.model.count_object(old.layout, false);
@@ -1059,7 +1116,10 @@ impl Run1 {
         self.model.admit(block, new_layout.align(), "reallocate");
         let kept = old.layout.size().min(new_size);
         // SAFETY: the new block is live, ours, at least `kept` bytes.
-        unsafe { old.block.verify_at(block.start, kept, "reallocate (kept prefix)") };
+        unsafe {
+            old.block
+                .verify_at(block.start, kept, "reallocate (kept prefix)")
+        };
         // SAFETY: live and ours.
         unsafe { block.fill() };
         self.model.count_object(new_layout, true);
@@ -1111,7 +1171,10 @@ impl Run1 {
             return;
         };
         let expected = stack_bytes(size).expect("a stack for a size with no power of two");
-        assert!(expected <= self.arena_size(), "alloc_stack({size:#x}) beyond the arena size");
+        assert!(
+            expected <= self.arena_size(),
+            "alloc_stack({size:#x}) beyond the arena size"
+        );
         assert_eq!(stack.size(), expected, "alloc_stack({size:#x})");
         assert_eq!(stack.top(), stack.base().as_ptr() as usize + expected);
         let (base, size) = stack.into_raw();
@@ -1127,13 +1190,19 @@ impl Run1 {
         if self.model.stacks.is_empty() {
             return;
         }
-        let block = self.model.stacks.swap_remove(index % self.model.stacks.len());
+        let block = self
+            .model
+            .stacks
+            .swap_remove(index % self.model.stacks.len());
         // SAFETY: live and ours.
         unsafe { block.verify("free_stack") };
         self.model.forget(&block);
         self.model.count_stack(block.len, false);
         // SAFETY: base and size of a stack from this heap, not in use, forgotten.
-        unsafe { self.heap.free_stack(Stack::from_raw(ptr(block.start), block.len)) };
+        unsafe {
+            self.heap
+                .free_stack(Stack::from_raw(ptr(block.start), block.len))
+        };
         self.no_refusals("free_stack");
     }
 
@@ -1184,7 +1253,8 @@ impl Run1 {
                 unsafe { self.heap.deallocate(ptr(addr), layout) };
                 let refused = take_refused();
                 match refused.as_slice() {
-                    [FreeError::WrongLayout { ptr, layout: l, .. }] if *ptr == addr && *l == layout => {}
+                    [FreeError::WrongLayout { ptr, layout: l, .. }]
+                        if *ptr == addr && *l == layout => {}
                     other => panic!("free of {object:x?} with {layout:?}: refused {other:x?}"),
                 }
                 return self.after_bad_free(before);
@@ -1199,9 +1269,12 @@ impl Run1 {
                 unsafe { self.heap.free_pages(ptr(addr), run.count + 1) };
                 let refused = take_refused();
                 match refused.as_slice() {
-                    [FreeError::WrongLayout { ptr, expected_size, .. }]
-                        if *ptr == addr && *expected_size == run.block.len => {}
-                    other => panic!("free_pages of {run:x?} with one page more: refused {other:x?}"),
+                    [FreeError::WrongLayout {
+                        ptr, expected_size, ..
+                    }] if *ptr == addr && *expected_size == run.block.len => {}
+                    other => {
+                        panic!("free_pages of {run:x?} with one page more: refused {other:x?}")
+                    }
                 }
                 return self.after_bad_free(before);
             }
@@ -1212,11 +1285,16 @@ impl Run1 {
                 let block = self.model.stacks[index % self.model.stacks.len()];
                 let addr = block.start;
                 // SAFETY: a live stack with twice its size: refused.
-                unsafe { self.heap.free_stack(Stack::from_raw(ptr(addr), block.len * 2)) };
+                unsafe {
+                    self.heap
+                        .free_stack(Stack::from_raw(ptr(addr), block.len * 2))
+                };
                 let refused = take_refused();
                 match refused.as_slice() {
                     [FreeError::WrongLayout { ptr, .. }] if *ptr == addr => {}
-                    other => panic!("free_stack of {block:x?} with twice its size: refused {other:x?}"),
+                    other => {
+                        panic!("free_stack of {block:x?} with twice its size: refused {other:x?}")
+                    }
                 }
                 return self.after_bad_free(before);
             }
@@ -1288,7 +1366,10 @@ impl Run1 {
         assert_eq!(s.stack_bytes, m.stack_bytes, "{what}: stack bytes\n{s}");
         assert_eq!(s.stacks, m.pooled_stacks, "{what}: pooled stacks\n{s}");
         assert_eq!(s.large_bytes, m.large_bytes, "{what}: large bytes\n{s}");
-        assert_eq!(s.large_objects, m.large_objects, "{what}: large objects\n{s}");
+        assert_eq!(
+            s.large_objects, m.large_objects,
+            "{what}: large objects\n{s}"
+        );
         assert_eq!(s.bad_frees, m.bad_frees, "{what}: bad frees\n{s}");
         let tiny = m.config.tiny_blocks;
         for class in SizeClass::all() {
@@ -1402,15 +1483,18 @@ impl Run1 {
             (0, 0, 0),
             "after freeing everything, draining and trimming\n{s}"
         );
-        assert_eq!(s.free_bytes + s.metadata_bytes, s.managed_bytes, "pages missing\n{s}");
+        assert_eq!(
+            s.free_bytes + s.metadata_bytes,
+            s.managed_bytes,
+            "pages missing\n{s}"
+        );
         // Left as metadata: each arena's own, each CPU cache's pages (at most 7, see
         // the README) and the descriptor slabs of the caches' spans.
         let arena_meta = s.arenas * self.model.arena_meta;
         let kept = s.metadata_bytes - arena_meta;
         let caches = s.cpu_caches * PAGE_SIZE;
         assert!(
-            s.metadata_bytes >= arena_meta
-                && (caches..=caches * 8).contains(&kept),
+            s.metadata_bytes >= arena_meta && (caches..=caches * 8).contains(&kept),
             "metadata left: {kept} bytes beyond the arenas' for {} caches\n{s}",
             s.cpu_caches
         );
