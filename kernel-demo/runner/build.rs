@@ -5,10 +5,18 @@
 //! directory (`target/kernel`, under `CARGO_TARGET_DIR` when set) and without the host's
 //! `RUSTFLAGS`, so that host tests never compile kernel code for the host. Exports
 //! `KERNEL_IMAGE_DIR` to the runner: it holds `<name>.img` for each kernel binary.
+//!
+//! The test kernels are built with the `release` profile (debug assertions and
+//! overflow checks on); the benchmark kernels ([`BENCH_KERNELS`]) with the kernel
+//! crate's `kbench` profile, release code without them, for the library and the peers
+//! alike.
 
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// Kernels built with the `kbench` profile instead of `release`.
+const BENCH_KERNELS: &[&str] = &["bench"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
@@ -31,40 +39,50 @@ fn main() {
     let target_dir = workspace
         .join(env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()))
         .join("kernel");
-    let profile = "release";
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut build = Command::new(cargo);
-    build
-        .current_dir(&kernel_dir)
-        .args([
-            "build",
-            "--bins",
-            "--release",
-            "--target",
-            "x86_64-unknown-none",
-        ])
-        .arg("--target-dir")
-        .arg(&target_dir);
-    for var in [
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "RUSTC_WORKSPACE_WRAPPER",
-        "CARGO_BUILD_TARGET",
-        "CARGO_TARGET_DIR",
-    ] {
-        build.env_remove(var);
+    let build_kernels = |profile_args: &[&str]| {
+        let mut build = Command::new(&cargo);
+        build
+            .current_dir(&kernel_dir)
+            .arg("build")
+            .args(profile_args)
+            .args(["--target", "x86_64-unknown-none"])
+            .arg("--target-dir")
+            .arg(&target_dir);
+        for var in [
+            "RUSTFLAGS",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "RUSTC_WORKSPACE_WRAPPER",
+            "CARGO_BUILD_TARGET",
+            "CARGO_TARGET_DIR",
+        ] {
+            build.env_remove(var);
+        }
+        let status = build
+            .status()
+            .expect("could not start cargo to build the kernels");
+        assert!(status.success(), "building the kernels failed ({status})");
+    };
+    build_kernels(&["--bins", "--release"]);
+    let mut bench_args = vec!["--profile", "kbench"];
+    for name in BENCH_KERNELS {
+        bench_args.extend(["--bin", name]);
     }
-    let status = build
-        .status()
-        .expect("could not start cargo to build the kernels");
-    assert!(status.success(), "building the kernels failed ({status})");
+    build_kernels(&bench_args);
 
-    let bin_dir = target_dir.join("x86_64-unknown-none").join(profile);
+    let bin_dir = |name: &str| {
+        let profile = if BENCH_KERNELS.contains(&name) {
+            "kbench"
+        } else {
+            "release"
+        };
+        target_dir.join("x86_64-unknown-none").join(profile)
+    };
     let image_dir = out_dir.join("images");
     std::fs::create_dir_all(&image_dir).expect("cannot create the image directory");
     for name in kernel_names(&kernel_dir.join("src/bin")) {
-        let kernel = bin_dir.join(&name);
+        let kernel = bin_dir(&name).join(&name);
         let image = image_dir.join(format!("{name}.img"));
         bootloader::BiosBoot::new(&kernel)
             .create_disk_image(&image)

@@ -22,6 +22,9 @@ extern crate alloc;
 
 pub mod heap;
 
+pub mod bench;
+pub mod fw_cfg;
+
 pub mod apic;
 pub mod interrupts;
 pub mod memory_map;

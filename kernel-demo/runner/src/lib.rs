@@ -12,6 +12,8 @@
 //! - Every QEMU process started by [`run`] is waited for or killed before `run`
 //!   returns: no guest outlives its caller.
 
+pub mod bench;
+
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
