@@ -1,0 +1,248 @@
+//! Larson-like random slot replacement on a team of threads, in three variants that
+//! differ only in how objects reach another thread (the core of `benches/threads.rs`
+//! and of the suite's `larson-*` workloads).
+//!
+//! Each worker owns an array of 1000 slots, pre-filled before the clock starts. A
+//! step picks a random slot, frees the object in it, allocates a new one of 16 to
+//! 1024 bytes (uniform) and keeps it there. Every object carries its size and its
+//! maker's index in its first word (checked at its free) and has its last byte
+//! written.
+//!
+//! - `Local`: nothing else: every object is freed by the thread that made it.
+//! - `Ring(n)`: every n-th new object goes to the next worker's inbox (a
+//!   single-producer single-consumer ring) instead of the slot, and every step frees
+//!   one object from the worker's own inbox if there is one. One object crosses per
+//!   hand-off, so the ring's head and tail lines move between the cores all the time:
+//!   the harness's own traffic is a large part of what this variant measures.
+//! - `Batch`: after every 1000 steps a worker passes its whole slot array to the next
+//!   worker through one atomic pointer (compare-exchange into the next worker's
+//!   mailbox, which holds at most one array) and continues with the array in its
+//!   own mailbox, as larson hands a thread's slots to its successor. About 63% of the
+//!   frees of a round then hit objects the other thread made, and the harness moves
+//!   one pointer per 1000 steps: the allocator's cross-thread free path is what is
+//!   measured. When its mailbox is empty (the other worker has not handed over yet)
+//!   a worker starts a new, empty array; when the next worker's mailbox is still
+//!   full it keeps its own.
+//!
+//! With one thread the inbox and the mailbox are the worker's own, so a step does the
+//! same work at any thread count. Ops = allocator calls (allocs + frees).
+
+use super::probe::{Call, Probe, Sampler};
+use super::{layout, out_of_memory, Padded, Ring, Rng, Team, WorkerOut};
+use std::alloc::GlobalAlloc;
+use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
+
+pub(crate) const SLOTS: usize = 1000;
+const RING: usize = 4096;
+pub(crate) const MIN_SIZE: usize = 16;
+pub(crate) const MAX_SIZE: usize = 1024;
+/// Steps between two hand-offs of the `Batch` variant.
+pub(crate) const ROUND: u64 = 1000;
+
+/// How objects reach another thread.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Variant {
+    Local,
+    Ring(u64),
+    Batch,
+}
+
+/// A slot array in transit (made with `Box::into_raw`).
+type Slots = Box<[usize; SLOTS]>;
+
+/// The shared state of one team: an inbox and a mailbox per worker.
+pub(crate) struct Exchange {
+    inboxes: Vec<Ring>,
+    mailboxes: Vec<Padded<AtomicPtr<[usize; SLOTS]>>>,
+}
+
+impl Exchange {
+    pub(crate) fn new(threads: usize) -> Self {
+        Exchange {
+            inboxes: (0..threads).map(|_| Ring::new(RING)).collect(),
+            mailboxes: (0..threads)
+                .map(|_| Padded(AtomicPtr::new(ptr::null_mut())))
+                .collect(),
+        }
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        for m in &self.mailboxes {
+            let p = m.swap(ptr::null_mut(), Ordering::Acquire);
+            assert!(p.is_null(), "a mailbox still holds an array");
+        }
+    }
+}
+
+/// One worker: makes and frees objects, hands them on per `variant`.
+struct Worker<'a, A> {
+    a: &'a A,
+    me: usize,
+    rng: Rng,
+    out: WorkerOut,
+}
+
+impl<A: GlobalAlloc> Worker<'_, A> {
+    fn new_object(&mut self, probe: &mut impl Probe, step: u64) -> usize {
+        let size = self.rng.between(MIN_SIZE, MAX_SIZE);
+        // SAFETY: non-zero size.
+        let p = probe.time(Call::Alloc, step, || unsafe { self.a.alloc(layout(size)) });
+        if p.is_null() {
+            out_of_memory("larson", size);
+        }
+        // SAFETY: `size` >= 16 bytes at `p` are ours.
+        unsafe {
+            (p as *mut usize).write(size | self.me << 32);
+            p.add(size - 1).write(1);
+        }
+        self.out.ops += 1;
+        p as usize
+    }
+
+    /// Frees an object this workload made (its size and maker are in its first word).
+    ///
+    /// # Safety
+    ///
+    /// `addr` is a live object of `self.a` from `new_object`, freed once.
+    unsafe fn free_object(&mut self, addr: usize, probe: &mut impl Probe, step: u64) {
+        // SAFETY: the first word holds size and maker (caller).
+        let word = unsafe { (addr as *const usize).read() };
+        let (size, maker) = (word & 0xffff_ffff, word >> 32);
+        assert!(
+            (MIN_SIZE..=MAX_SIZE).contains(&size),
+            "object {addr:#x} corrupted"
+        );
+        // SAFETY: allocated by `a` with this layout (caller).
+        probe.time(Call::Free, step, || unsafe {
+            self.a.dealloc(addr as *mut u8, layout(size))
+        });
+        self.out.ops += 1;
+        self.out.frees += 1;
+        self.out.cross_frees += (maker != self.me) as u64;
+    }
+
+    /// Frees every object of `slots`.
+    fn free_slots(&mut self, slots: &[usize]) {
+        for &object in slots.iter().filter(|&&o| o != 0) {
+            // SAFETY: a live object of the team, held only here.
+            unsafe { self.free_object(object, &mut super::probe::NoProbe, 1) };
+        }
+    }
+}
+
+/// The body of one worker of a larson team (pass it to `run_team`).
+pub(crate) fn worker<A: GlobalAlloc>(
+    a: &A,
+    team: &Team<'_>,
+    ex: &Exchange,
+    variant: Variant,
+    sample: bool,
+) -> WorkerOut {
+    let mut w = Worker {
+        a,
+        me: team.me,
+        rng: Rng(0x5eed_0004_0000_0000 + team.me as u64),
+        out: WorkerOut::default(),
+    };
+    let mut sampler = Sampler::new();
+    let mut probe = super::probe::NoProbe;
+    let mut slots: Slots = Box::new([0; SLOTS]);
+    for i in 0..SLOTS {
+        slots[i] = w.new_object(&mut probe, 1);
+    }
+    w.out = WorkerOut::default();
+    let next = (team.me + 1) % team.threads;
+    team.start();
+    let mut step = 0;
+    while !team.should_stop(step) {
+        if sample {
+            slots = w.step(&mut sampler, step, slots, ex, next, variant);
+        } else {
+            slots = w.step(&mut probe, step, slots, ex, next, variant);
+        }
+        step += 1;
+    }
+    team.finish();
+    let mut measured = std::mem::take(&mut w.out);
+    // Every worker has stopped handing objects over: free what reached us, and what
+    // we hold.
+    while let Some(received) = ex.inboxes[team.me].pop() {
+        // SAFETY: a live object another worker made and gave up.
+        unsafe { w.free_object(received, &mut probe, 1) };
+    }
+    let parked = ex.mailboxes[team.me].swap(ptr::null_mut(), Ordering::Acquire);
+    if !parked.is_null() {
+        // SAFETY: made by `Box::into_raw` in `step`; the mailbox gave it up.
+        let parked = unsafe { Box::from_raw(parked) };
+        w.free_slots(&parked[..]);
+    }
+    w.free_slots(&slots[..]);
+    measured.sampler = sample.then_some(sampler);
+    measured
+}
+
+impl<A: GlobalAlloc> Worker<'_, A> {
+    #[inline(always)]
+    fn step(
+        &mut self,
+        probe: &mut impl Probe,
+        step: u64,
+        mut slots: Slots,
+        ex: &Exchange,
+        next: usize,
+        variant: Variant,
+    ) -> Slots {
+        let slot = self.rng.below(SLOTS);
+        if slots[slot] != 0 {
+            // SAFETY: a live object held in our array.
+            unsafe { self.free_object(slots[slot], probe, step) };
+            slots[slot] = 0;
+        }
+        let object = self.new_object(probe, step);
+        match variant {
+            Variant::Local => slots[slot] = object,
+            Variant::Ring(n) => {
+                if step % n != 0 || !ex.inboxes[next].push(object) {
+                    slots[slot] = object;
+                }
+                if let Some(received) = ex.inboxes[self.me].pop() {
+                    // SAFETY: a live object another worker made and gave up.
+                    unsafe { self.free_object(received, probe, step) };
+                }
+            }
+            Variant::Batch => {
+                slots[slot] = object;
+                if step % ROUND == ROUND - 1 {
+                    slots = hand_off(slots, ex, self.me, next);
+                }
+            }
+        }
+        slots
+    }
+}
+
+/// Passes `slots` to worker `next` if its mailbox is free, and takes the array in
+/// our own mailbox (or a new empty one) in its place.
+#[cold]
+#[inline(never)]
+fn hand_off(slots: Slots, ex: &Exchange, me: usize, next: usize) -> Slots {
+    let raw = Box::into_raw(slots);
+    let target = &ex.mailboxes[next];
+    if target
+        .compare_exchange(ptr::null_mut(), raw, Ordering::Release, Ordering::Relaxed)
+        .is_err()
+    {
+        // SAFETY: made by `into_raw` just above and not published.
+        return unsafe { Box::from_raw(raw) };
+    }
+    let got = ex.mailboxes[me].swap(ptr::null_mut(), Ordering::Acquire);
+    if got.is_null() {
+        Box::new([0; SLOTS])
+    } else {
+        // SAFETY: an array another worker (or we) published with `into_raw`.
+        unsafe { Box::from_raw(got) }
+    }
+}
