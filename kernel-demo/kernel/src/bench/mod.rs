@@ -255,12 +255,13 @@ pub fn main(boot_info: &'static BootInfo) -> ! {
     // not get, are mapped (physical-memory mapping), and no CPU runs a case yet.
     unsafe { subjects::init(regions, cpus) };
     println!(
-        "bench: start cpus={cpus} ops={} lla_div={} reps={} irq={} region_mib={}",
+        "bench: start cpus={cpus} ops={} lla_div={} reps={} irq={} region_mib={} cpu_index_by={}",
         params.ops,
         params.lla_div,
         params.reps,
         if params.irq { "on" } else { "off" },
-        REGION_SIZE >> 20
+        REGION_SIZE >> 20,
+        cpu_index_instruction()
     );
     let aps = smp::start_aps(boot_info, ap_work);
     assert_eq!(aps + 1, cpus, "every CPU of the MADT started");
@@ -282,6 +283,22 @@ pub fn main(boot_info: &'static BootInfo) -> ! {
     smp::wait_done(aps);
     println!("bench: done cases={cases}");
     crate::exit_qemu(crate::QemuExitCode::Success)
+}
+
+/// How spanheap's `X86_64` platform reads the CPU index here: RDPID when CPUID says
+/// the CPU has it (leaf 7, ECX bit 22), else RDTSCP (which TCG runs as a TSC read).
+fn cpu_index_instruction() -> &'static str {
+    // SAFETY: CPUID exists on every x86_64 CPU; leaf 7 is read only when the maximum
+    // leaf (leaf 0's EAX) reaches it.
+    let rdpid = unsafe {
+        core::arch::x86_64::__cpuid(0).eax >= 7
+            && core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 22) != 0
+    };
+    if rdpid {
+        "rdpid"
+    } else {
+        "rdtscp"
+    }
 }
 
 /// Gives the boot memory to the global heap except four aligned benchmark regions
