@@ -288,12 +288,9 @@ pub fn main(boot_info: &'static BootInfo) -> ! {
 /// How spanheap's `X86_64` platform reads the CPU index here: RDPID when CPUID says
 /// the CPU has it (leaf 7, ECX bit 22), else RDTSCP (which TCG runs as a TSC read).
 fn cpu_index_instruction() -> &'static str {
-    // SAFETY: CPUID exists on every x86_64 CPU; leaf 7 is read only when the maximum
-    // leaf (leaf 0's EAX) reaches it.
-    let rdpid = unsafe {
-        core::arch::x86_64::__cpuid(0).eax >= 7
-            && core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 22) != 0
-    };
+    // Leaf 7 is read only when the maximum leaf (leaf 0's EAX) reaches it.
+    let rdpid = core::arch::x86_64::__cpuid(0).eax >= 7
+        && core::arch::x86_64::__cpuid_count(7, 0).ecx & (1 << 22) != 0;
     if rdpid {
         "rdpid"
     } else {
