@@ -64,6 +64,9 @@ const FULL_CHECK: usize = 1 << 20;
 /// `reallocate` of a tiny object (1 to 7 bytes, aligned to at most 4) to 0 bytes
 /// keeps it in place, and the 0-byte layout then frees as a wrong layout.
 const BUG_TINY_REALLOC_TO_ZERO: bool = true;
+/// `reallocate` of a large object aligned beyond a page to 0 bytes resizes it in
+/// place to 0 pages: its page goes back to the page heap while the object is live.
+const BUG_LARGE_REALLOC_TO_ZERO_PAGES: bool = true;
 /// Bytes the fresh memory of a heap with unknown initial contents holds.
 const GARBAGE: u8 = 0xA5;
 
@@ -123,18 +126,20 @@ enum Action {
         /// Through `GlobalAlloc` (only for non-zero sizes).
         global: bool,
     },
-    /// `count` allocations of one layout in a row (refills, full caches, out of memory).
+    /// `count` allocations of one kind in a row (refills, full caches and stack caches,
+    /// full pool spans, out of memory).
     Burst {
-        size: Size,
-        align: Align,
+        of: BurstOf,
         count: u8,
     },
     Free {
         index: u16,
         global: bool,
     },
-    /// Frees up to `count` live objects from `index` on (flushes, emptied spans).
+    /// Frees up to `count` live blocks of one kind (flushes, emptied spans, full stack
+    /// caches).
     FreeMany {
+        of: Kind,
         index: u16,
         count: u8,
     },
@@ -166,6 +171,20 @@ enum Action {
         kind: BadFree,
     },
     Check,
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum BurstOf {
+    Objects { size: Size, align: Align },
+    Stacks { size: Size },
+    Pages { count: PageCount, align: PageAlign },
+}
+
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Kind {
+    Objects,
+    Stacks,
+    Pages,
 }
 
 /// A request size: small, large, powers of two and their neighbours, huge.
@@ -573,10 +592,12 @@ impl Block {
                 continue;
             }
             // SAFETY: inside live memory (caller).
-            if let Some((off, found, want)) =
-                unsafe { check_range(at, Some(self.seed()), from, to) }
-            {
-                panic!("{what}: pattern of block {self:x?} (now at {at:#x}) broken at offset {off}: {found:#04x}, expected {want:#04x}");
+            let broken = unsafe { check_range(at, Some(self.seed()), from, to) };
+            if let Some((off, found, want)) = broken {
+                panic!(
+                    "{what}: pattern of block {self:x?} (now at {at:#x}) broken at offset \
+                     {off}: {found:#04x}, expected {want:#04x}"
+                );
             }
         }
     }
@@ -1119,6 +1140,11 @@ impl Run1 {
         if BUG_TINY_REALLOC_TO_ZERO && is_tiny(old.layout) && new_size == 0 {
             return;
         }
+        let large = |size| class_of(size, old.layout.align()).is_none();
+        if BUG_LARGE_REALLOC_TO_ZERO_PAGES && large(old.layout.size()) && large(0) && new_size == 0
+        {
+            return;
+        }
         let Ok(new_layout) = Layout::from_size_align(new_size, old.layout.align()) else {
             return;
         };
@@ -1166,11 +1192,11 @@ impl Run1 {
 
     // --- page runs and stacks ---
 
-    fn alloc_pages(&mut self, count: usize, align: usize) {
+    fn alloc_pages(&mut self, count: usize, align: usize) -> bool {
         let got = self.heap.alloc_pages(count, align);
         self.no_refusals("alloc_pages");
         let Some(p) = got else {
-            return;
+            return false;
         };
         let arena = self.arena_size();
         assert!(
@@ -1183,6 +1209,7 @@ impl Run1 {
         unsafe { block.fill() };
         self.model.run_bytes += block.len;
         self.model.runs.push(Run { block, count });
+        true
     }
 
     fn free_pages(&mut self, index: usize) {
@@ -1199,11 +1226,11 @@ impl Run1 {
         self.no_refusals("free_pages");
     }
 
-    fn alloc_stack(&mut self, size: usize) {
+    fn alloc_stack(&mut self, size: usize) -> bool {
         let got = self.heap.alloc_stack(size);
         self.no_refusals("alloc_stack");
         let Some(stack) = got else {
-            return;
+            return false;
         };
         let expected = stack_bytes(size).expect("a stack for a size with no power of two");
         assert!(
@@ -1219,6 +1246,7 @@ impl Run1 {
         unsafe { block.fill() };
         self.model.count_stack(size, true);
         self.model.stacks.push(block);
+        true
     }
 
     fn free_stack(&mut self, index: usize) {
@@ -1449,20 +1477,33 @@ impl Run1 {
                     self.alloc(layout, zeroed, global);
                 }
             }
-            Action::Burst { size, align, count } => {
-                let Ok(layout) = Layout::from_size_align(size.get(), align.get()) else {
-                    return;
-                };
+            Action::Burst { of, count } => {
                 for _ in 0..count {
-                    if !self.alloc(layout, false, false) {
+                    let done = match of {
+                        BurstOf::Objects { size, align } => {
+                            match Layout::from_size_align(size.get(), align.get()) {
+                                Ok(layout) => self.alloc(layout, false, false),
+                                Err(_) => false,
+                            }
+                        }
+                        BurstOf::Stacks { size } => self.alloc_stack(size.get()),
+                        BurstOf::Pages { count, align } => {
+                            self.alloc_pages(count.get(), align.get())
+                        }
+                    };
+                    if !done {
                         break;
                     }
                 }
             }
             Action::Free { index, global } => self.free(index as usize, global),
-            Action::FreeMany { index, count } => {
+            Action::FreeMany { of, index, count } => {
                 for _ in 0..count {
-                    self.free(index as usize, false);
+                    match of {
+                        Kind::Objects => self.free(index as usize, false),
+                        Kind::Stacks => self.free_stack(index as usize),
+                        Kind::Pages => self.free_pages(index as usize),
+                    }
                 }
             }
             Action::Realloc {
@@ -1470,9 +1511,13 @@ impl Run1 {
                 size,
                 global,
             } => self.realloc(index as usize, size, global),
-            Action::AllocPages { count, align } => self.alloc_pages(count.get(), align.get()),
+            Action::AllocPages { count, align } => {
+                self.alloc_pages(count.get(), align.get());
+            }
             Action::FreePages { index } => self.free_pages(index as usize),
-            Action::AllocStack { size } => self.alloc_stack(size.get()),
+            Action::AllocStack { size } => {
+                self.alloc_stack(size.get());
+            }
             Action::FreeStack { index } => self.free_stack(index as usize),
             Action::AddMemory(add) => self.add_memory(add),
             Action::SwitchCpu(cpu) => self.switch_cpu(cpu),
@@ -1487,7 +1532,7 @@ impl Run1 {
         }
         self.no_refusals("action");
         self.actions += 1;
-        if self.actions % CHECK_EVERY == 0 {
+        if self.actions.is_multiple_of(CHECK_EVERY) {
             self.check_all("periodic check");
         } else {
             self.check_stats("after action");
