@@ -237,6 +237,20 @@ impl Arena {
         Self::set_bits(self.dirty, first, n);
     }
 
+    /// The dirty bits of the 64-page group starting at page `group` (a multiple of 64).
+    pub(crate) fn dirty_group(&self, group: usize) -> u64 {
+        debug_assert!(group % 64 == 0 && group < self.pages());
+        // SAFETY: the dirty bits hold one word per 64 pages of the window.
+        unsafe { *self.dirty.as_ptr().add(group / 64) }
+    }
+
+    /// Replaces the dirty bits of the 64-page group starting at page `group`.
+    pub(crate) fn set_dirty_group(&mut self, group: usize, bits: u64) {
+        debug_assert!(group % 64 == 0 && group < self.pages());
+        // SAFETY: as in `dirty_group`; `&mut self` under the page heap's lock.
+        unsafe { *self.dirty.as_ptr().add(group / 64) = bits };
+    }
+
     #[inline]
     fn map_entry(&self, page: usize) -> &AtomicU32 {
         debug_assert!(page < self.pages());

@@ -19,7 +19,7 @@
 //! stats, and [`CpuCache::take_all`] empties it for draining.
 //!
 //! It also holds the CPU's current tiny block (see `tiny`): its address and bump
-//! offset, written by the CPU only.
+//! offset, written by the CPU only; and the CPU's page cache (see `page_cache`).
 //!
 //! May call: nothing but itself (and `central::Object`, the word it stores); the
 //! refill and flush that talk to the centrals are in `heap`. Called by: `heap`.
@@ -32,6 +32,7 @@
 //! - so for a class: `central.allocated == in use by callers + sum over CPUs of len`.
 
 use crate::central::Object;
+use crate::page_cache::PageCache;
 use crate::size_class::{SizeClass, NUM_CLASSES, PAGE_SIZE};
 use crate::stack::{ORDERS, STACK_CACHE};
 use core::cell::UnsafeCell;
@@ -97,6 +98,8 @@ pub(crate) struct CpuCache {
     /// The current tiny block (0: none) and the bump offset inside it (see `tiny`).
     pub(crate) tiny_block: AtomicUsize,
     pub(crate) tiny_offset: AtomicUsize,
+    /// The CPU's page cache (see `page_cache`).
+    pub(crate) pages: PageCache,
     stack_len: [AtomicU32; ORDERS],
     stack_slots: UnsafeCell<[[MaybeUninit<usize>; STACK_CACHE]; ORDERS]>,
     slots: UnsafeCell<[MaybeUninit<usize>; SLOTS]>,
@@ -122,6 +125,7 @@ impl CpuCache {
             addr_of_mut!((*c).counters).write(Counters::default());
             addr_of_mut!((*c).tiny_block).write(AtomicUsize::new(0));
             addr_of_mut!((*c).tiny_offset).write(AtomicUsize::new(0));
+            addr_of_mut!((*c).pages).write(PageCache::new());
             addr_of_mut!((*c).stack_len).write([const { AtomicU32::new(0) }; ORDERS]);
         }
         cache

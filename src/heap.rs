@@ -36,6 +36,7 @@
 use crate::arena::Arena;
 use crate::cache::{bump, CpuCache};
 use crate::central::{Central, CentralLists, Object, Released};
+use crate::page_cache;
 use crate::page_heap::{ArenaIndex, NewSpan, PageHeap};
 use crate::platform::{Pinned, Platform, Uncached, MAX_CPUS};
 use crate::range::{AddMemoryError, Config, MemoryRange};
@@ -462,8 +463,8 @@ impl<P: Platform> SpanHeap<P> {
         }
     }
 
-    /// Empties every stack of `cache` into the centrals, and its kernel stacks into
-    /// the stack pools.
+    /// Empties every stack of `cache` into the centrals, its kernel stacks into the
+    /// stack pools and its page cache into the page heap.
     fn flush_all(&self, cache: &CpuCache) {
         self.retire_tiny(cache);
         for class in SizeClass::all() {
@@ -473,6 +474,11 @@ impl<P: Platform> SpanHeap<P> {
         }
         for order in 0..ORDERS {
             self.release_stacks(cache, order, STACK_CACHE);
+        }
+        if !cache.pages.is_empty() {
+            // SAFETY: pinned to the cache's CPU, or the CPU is offline (callers); the
+            // page heap is locked.
+            unsafe { cache.pages.give_all(&mut self.pages.lock()) };
         }
     }
 
@@ -494,14 +500,14 @@ impl<P: Platform> SpanHeap<P> {
 
     #[cold]
     fn alloc_large(&self, layout: Layout, zero: bool) -> Option<NonNull<u8>> {
-        let _pin = Pinned::<P>::enter();
+        let pin = Pinned::<P>::enter();
         let pages = layout.size().max(1).div_ceil(PAGE_SIZE);
         let align = (layout.align() / PAGE_SIZE).max(1);
         let arena_pages = self.config.arena_size / PAGE_SIZE;
         if pages > arena_pages || align > arena_pages {
             return None;
         }
-        let new = self.new_whole_span(pages, align, SpanKind::Large)?;
+        let new = self.new_run(&pin, pages, align, SpanKind::Large)?;
         // SAFETY: a live span we just created.
         let base = unsafe { new.span.as_ref().base };
         if zero && new.dirty {
@@ -509,6 +515,68 @@ impl<P: Platform> SpanHeap<P> {
             unsafe { ptr::write_bytes(base as *mut u8, 0, layout.size()) };
         }
         NonNull::new(base as *mut u8)
+    }
+
+    /// A large or pages span of `pages` pages aligned to `align` pages: from this
+    /// CPU's page cache when the run is short (refilling the cache with a new group
+    /// in one locked step when it has no fit), else from the page heap.
+    fn new_run(
+        &self,
+        pin: &Pinned<P>,
+        pages: usize,
+        align: usize,
+        kind: SpanKind,
+    ) -> Option<NewSpan> {
+        if page_cache::serves(pages, align) {
+            if let Some(cache) = self.cache_or_create(pin) {
+                // SAFETY: pinned to the cache's CPU.
+                if let Some(new) = unsafe { cache.pages.alloc(pages, align, kind) } {
+                    return Some(new);
+                }
+                let mut heap = self.pages.lock();
+                // SAFETY: pinned to the cache's CPU; the page heap is locked.
+                if unsafe { cache.pages.refill(&mut heap, pages, align) } {
+                    drop(heap);
+                    // SAFETY: as above.
+                    if let Some(new) = unsafe { cache.pages.alloc(pages, align, kind) } {
+                        return Some(new);
+                    }
+                }
+            }
+        }
+        self.new_whole_span(pages, align, kind)
+    }
+
+    /// This CPU's cache, created if the CPU has an index but no cache yet.
+    fn cache_or_create<'a>(&'a self, pin: &Pinned<P>) -> Option<&'a CpuCache> {
+        let cpu = pin.claim_cpu()?;
+        self.cache(pin).or_else(|| self.create_cache(cpu))
+    }
+
+    /// Frees the run of the large or pages span `span` of `arena`, whose user gives
+    /// it up: short runs through this CPU's page cache, the others (and those of a
+    /// CPU without a cache) to the page heap.
+    fn free_run(&self, arena: NonNull<Arena>, span: NonNull<Span>) {
+        let pin = Pinned::<P>::enter();
+        // SAFETY: a live span (caller).
+        let short = (unsafe { span.as_ref() }.pages as usize) < page_cache::RUN_LIMIT;
+        if let Some(cache) = self.cache(&pin).filter(|_| short) {
+            // SAFETY: pinned to the cache's CPU; a live run nobody uses (caller).
+            if unsafe { cache.pages.free(arena, span) } {
+                return;
+            }
+            let mut heap = self.pages.lock();
+            // SAFETY: as above; the page heap is locked. Giving the pending runs back
+            // makes room for this one.
+            unsafe {
+                cache.pages.give_pending(&mut heap);
+                let taken = cache.pages.free(arena, span);
+                debug_assert!(taken, "the pending list has room");
+            }
+            return;
+        }
+        // SAFETY: a live large or pages span the caller gives up.
+        unsafe { self.pages.lock().free_span(arena, span) };
     }
 
     fn new_whole_span(&self, pages: usize, align: usize, kind: SpanKind) -> Option<NewSpan> {
@@ -687,9 +755,7 @@ impl<P: Platform> SpanHeap<P> {
         if s.kind != SpanKind::Large || s.base != addr {
             return self.report_layout(addr, layout, s);
         }
-        let _pin = Pinned::<P>::enter();
-        // SAFETY: a live large span whose object the caller gives up.
-        unsafe { self.pages.lock().free_span(arena, span) };
+        self.free_run(arena, span);
     }
 
     /// Returns an allocated object of `class` to its central directly (no cache).
@@ -780,7 +846,7 @@ impl<P: Platform> SpanHeap<P> {
 
     /// `Some(true)`: resized in place; `None`: the caller must move the object.
     fn resize_large_in_place(&self, ptr: NonNull<u8>, new_size: usize) -> Option<bool> {
-        let _pin = Pinned::<P>::enter();
+        let pin = Pinned::<P>::enter();
         let addr = ptr.as_ptr() as usize;
         let (arena, span) = self.span_of(addr)?;
         // SAFETY: the caller's live large object keeps its span live.
@@ -792,8 +858,19 @@ impl<P: Platform> SpanHeap<P> {
         if new_pages == s.pages as usize {
             return Some(true);
         }
+        let mut heap = self.pages.lock();
         // SAFETY: a live large span of `arena`.
-        unsafe { self.pages.lock().resize_large(arena, span, new_pages) }.map(|_| true)
+        let resized = unsafe { heap.resize_large(arena, span, new_pages) };
+        if resized.is_some() || new_pages < s.pages as usize {
+            return resized.map(|_| true);
+        }
+        // The pages after the object may be in this CPU's page cache (a short object
+        // comes from there): give them back and try once more.
+        let cache = self.cache(&pin).filter(|cache| cache.pages.holds(arena))?;
+        // SAFETY: pinned to the cache's CPU; the page heap is locked.
+        unsafe { cache.pages.give_all(&mut heap) };
+        // SAFETY: as above.
+        unsafe { heap.resize_large(arena, span, new_pages) }.map(|_| true)
     }
 
     /// Allocates `count` whole pages aligned to `align` bytes (a power of two; at
@@ -805,8 +882,8 @@ impl<P: Platform> SpanHeap<P> {
         if count == 0 || count > arena_pages || !align.is_power_of_two() || align > arena_pages {
             return None;
         }
-        let _pin = Pinned::<P>::enter();
-        let new = self.new_whole_span(count, align, SpanKind::Pages)?;
+        let pin = Pinned::<P>::enter();
+        let new = self.new_run(&pin, count, align, SpanKind::Pages)?;
         // SAFETY: a live span we just created.
         NonNull::new(unsafe { new.span.as_ref().base } as *mut u8)
     }
@@ -833,9 +910,7 @@ impl<P: Platform> SpanHeap<P> {
                 expected_size: s.bytes(),
             });
         }
-        let _pin = Pinned::<P>::enter();
-        // SAFETY: a live pages span the caller gives up.
-        unsafe { self.pages.lock().free_span(arena, span) };
+        self.free_run(arena, span);
     }
 
     /// Allocates a kernel stack of at least `size` bytes: the size is rounded up to a
@@ -1080,8 +1155,12 @@ impl<P: Platform> SpanHeap<P> {
             frees: c.frees.load(Ordering::Relaxed),
             refills: c.refills.load(Ordering::Relaxed),
             flushes: c.flushes.load(Ordering::Relaxed),
-            cached_bytes: SizeClass::all().map(|k| cache.len(k) * k.size()).sum(),
+            cached_bytes: SizeClass::all()
+                .map(|k| cache.len(k) * k.size())
+                .sum::<usize>()
+                + cache.pages.pages() * PAGE_SIZE,
             tiny: c.tiny.load(Ordering::Relaxed),
+            page_runs: cache.pages.counts.served.load(Ordering::Relaxed),
         })
     }
 
@@ -1114,12 +1193,26 @@ impl<P: Platform> SpanHeap<P> {
 
     fn snapshot(&self, locked: &Locked<'_>) -> Stats {
         let (centrals, pages) = (&locked.centrals, &*locked.pages);
+        // The page heap's run counters and the page caches' deltas sum (wrapping) to
+        // the live runs.
+        let (mut large_pages, mut large_objects, mut run_pages) =
+            (pages.large_pages, pages.large_objects, pages.run_pages);
+        let mut page_cache_pages = 0;
+        for (_, cache) in self.caches() {
+            let counts = &cache.pages.counts;
+            large_pages = large_pages.wrapping_add(counts.large_pages.load(Ordering::Relaxed));
+            large_objects =
+                large_objects.wrapping_add(counts.large_objects.load(Ordering::Relaxed));
+            run_pages = run_pages.wrapping_add(counts.run_pages.load(Ordering::Relaxed));
+            page_cache_pages += cache.pages.pages();
+        }
         let mut stats = Stats {
             bad_frees: self.bad_frees.load(Ordering::Relaxed),
-            large_objects: pages.large_objects,
-            large_bytes: pages.large_pages * PAGE_SIZE,
-            page_run_bytes: pages.run_pages * PAGE_SIZE,
+            large_objects,
+            large_bytes: large_pages * PAGE_SIZE,
+            page_run_bytes: run_pages * PAGE_SIZE,
             free_bytes: pages.free_pages() * PAGE_SIZE,
+            cached_bytes: page_cache_pages * PAGE_SIZE,
             ..Stats::default()
         };
         for arena in pages.arenas() {
@@ -1235,9 +1328,18 @@ impl<P: Platform> SpanHeap<P> {
                 span_pages += n;
                 page += n;
             }
-            if arena.bitmap.free_pages() + span_pages + arena.metadata_pages != arena.managed_pages
+            let a: *const Arena = arena;
+            let cached: usize = self
+                .caches()
+                // SAFETY: the caller of `check_invariants` keeps other CPUs idle.
+                .map(|(_, cache)| unsafe { cache.pages.pages_in(a) })
+                .sum();
+            if arena.bitmap.free_pages() + span_pages + arena.metadata_pages + cached
+                != arena.managed_pages
             {
-                return Err("arena: free + span + metadata pages differ from managed pages");
+                return Err(
+                    "arena: free + span + metadata + page-cache pages differ from managed pages",
+                );
             }
         }
         for (i, lists) in centrals.iter().enumerate() {
@@ -1247,6 +1349,7 @@ impl<P: Platform> SpanHeap<P> {
             }
         }
         self.check_caches()?;
+        self.check_page_caches(pages)?;
         for (order, pool) in locked.pools.iter().enumerate() {
             if pool.in_use != pool_stacks[order] || pool.spans != pool_spans[order] {
                 return Err("stack pool: counters differ from the spans in the span map");
@@ -1254,6 +1357,31 @@ impl<P: Platform> SpanHeap<P> {
         }
         if !self.snapshot(&locked).balances() {
             return Err("stats do not balance");
+        }
+        Ok(())
+    }
+
+    /// Every page a page cache holds is in use in its arena's bitmap and belongs to
+    /// no span. Call it with other CPUs idle and the page heap locked.
+    fn check_page_caches(&self, pages: &PageHeap) -> Result<(), &'static str> {
+        for (_, cache) in self.caches() {
+            let Some((arena, held)) = cache.pages.held() else {
+                continue;
+            };
+            let arena = pages
+                .arenas()
+                .find(|a| core::ptr::eq(*a, arena))
+                .ok_or("page cache: group in no arena")?;
+            for page in held {
+                if arena.bitmap.is_free(page) {
+                    return Err("page cache: a held page is free in the page heap");
+                }
+                let span = arena.span_at(page);
+                // SAFETY: a span-map entry names a live descriptor.
+                if !span.is_null() && unsafe { (*span).end() } > arena.addr_of(page) {
+                    return Err("page cache: a held page belongs to a span");
+                }
+            }
         }
         Ok(())
     }
@@ -1421,6 +1549,196 @@ mod tests {
             "only a descriptor slab kept"
         );
         t.heap.check_invariants().unwrap();
+    }
+
+    /// Runs `first` and `second` on two threads that each hold a CPU index from
+    /// before either starts until both are done, so they are two CPUs (an exited
+    /// thread's index, and its cache, would pass to the next thread).
+    fn on_two_cpus(first: impl FnOnce() + Send, second: impl FnOnce() + Send) {
+        let both = std::sync::Barrier::new(2);
+        let both = &both;
+        std::thread::scope(|scope| {
+            for work in [
+                Box::new(first) as Box<dyn FnOnce() + Send>,
+                Box::new(second),
+            ] {
+                scope.spawn(move || {
+                    HostThreads::current();
+                    both.wait();
+                    work();
+                    both.wait();
+                });
+            }
+        });
+    }
+
+    /// A small xorshift generator for the tests' random choices.
+    fn next(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// A short run: a large object or a pages run of fewer than 16 pages, filled
+    /// with `tag`.
+    #[derive(Clone, Copy)]
+    enum Run {
+        Large(usize, Layout),
+        Pages(usize, usize),
+    }
+
+    impl Run {
+        fn take(heap: &SpanHeap<HostThreads>, rng: &mut u64, tag: u8) -> Run {
+            let r = next(rng);
+            let run = if r % 3 == 0 {
+                let count = 1 + (r >> 8) as usize % 15;
+                let align = PAGE_SIZE << ((r >> 16) % 5);
+                let p = heap.alloc_pages(count, align).unwrap();
+                assert_eq!(p.as_ptr() as usize % align, 0);
+                Run::Pages(p.as_ptr() as usize, count)
+            } else {
+                let size = 32 * 1024 + 1 + (r >> 8) as usize % (28 * 1024);
+                let l = layout(size, 8);
+                Run::Large(heap.allocate(l).unwrap().as_ptr() as usize, l)
+            };
+            let (addr, len) = run.range();
+            // SAFETY: a fresh block of `len` bytes.
+            unsafe { ptr::write_bytes(addr as *mut u8, tag, len) };
+            run
+        }
+
+        fn range(self) -> (usize, usize) {
+            match self {
+                Run::Large(addr, l) => (addr, l.size()),
+                Run::Pages(addr, count) => (addr, count * PAGE_SIZE),
+            }
+        }
+
+        /// Checks the fill and frees the run.
+        fn give(self, heap: &SpanHeap<HostThreads>, tag: u8) {
+            let (addr, len) = self.range();
+            // SAFETY: a live block of `len` bytes.
+            let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, len) };
+            assert!(
+                bytes.iter().all(|&b| b == tag),
+                "run at {addr:#x} overwritten"
+            );
+            let p = NonNull::new(addr as *mut u8).unwrap();
+            // SAFETY: live, from this heap, not used after this.
+            unsafe {
+                match self {
+                    Run::Large(_, l) => heap.deallocate(p, l),
+                    Run::Pages(_, count) => heap.free_pages(p, count),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn short_runs_come_from_the_page_cache_and_go_back() {
+        let t = TestHeap::new(16 << 20, 4 << 20);
+        let heap = &t.heap;
+        let cpu = HostThreads::current().unwrap();
+        // Create this CPU's cache first, so that its pages are in `start`.
+        let warm = heap.allocate(layout(64, 8)).unwrap();
+        // SAFETY: just allocated.
+        unsafe { heap.deallocate(warm, layout(64, 8)) };
+        heap.trim();
+        let start = heap.stats();
+        let mut rng = 0x9E37_79B9_7F4A_7C15;
+        let mut live: Vec<(Run, u8)> = Vec::new();
+        let steps = if cfg!(miri) { 40 } else { 3_000 };
+        for step in 0..steps {
+            if live.len() > 40 || (!live.is_empty() && next(&mut rng) % 3 == 0) {
+                let i = next(&mut rng) as usize % live.len();
+                let (run, tag) = live.swap_remove(i);
+                run.give(heap, tag);
+            } else {
+                let tag = step as u8;
+                live.push((Run::take(heap, &mut rng, tag), tag));
+            }
+        }
+        let mut ranges: Vec<_> = live.iter().map(|(run, _)| run.range()).collect();
+        ranges.sort_unstable();
+        assert!(
+            ranges.windows(2).all(|w| w[0].0 + w[0].1 <= w[1].0),
+            "runs overlap"
+        );
+        let stats = heap.stats();
+        assert!(stats.balances(), "{stats}");
+        assert!(stats.large_objects > 0 || stats.page_run_bytes > 0);
+        heap.check_invariants().unwrap();
+        let served = heap.cpu_stats(cpu).unwrap().page_runs;
+        assert!(served > steps / 3, "only {served} runs from the page cache");
+        for (run, tag) in live {
+            run.give(heap, tag);
+        }
+        let stats = heap.stats();
+        assert_eq!(
+            (stats.large_objects, stats.large_bytes, stats.page_run_bytes),
+            (0, 0, 0)
+        );
+        assert!(stats.balances(), "{stats}");
+        heap.check_invariants().unwrap();
+        heap.trim();
+        let end = heap.stats();
+        assert_eq!(end.cached_bytes, 0, "{end}");
+        assert_eq!(end.free_bytes, start.free_bytes, "every page back: {end}");
+        heap.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn runs_freed_on_another_cpu_go_back_in_batches() {
+        let t = TestHeap::new(16 << 20, 4 << 20);
+        let heap = &t.heap;
+        let before = heap.stats();
+        let rounds = if cfg!(miri) { 2 } else { 40 };
+        // Bounded, so that the allocating thread stays at most two rounds ahead.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Run>>(1);
+        let produce = move || {
+            let mut rng = 77;
+            for round in 0..rounds {
+                let runs = (0..37)
+                    .map(|_| Run::take(heap, &mut rng, round as u8))
+                    .collect();
+                tx.send(runs).unwrap();
+            }
+        };
+        let consume = move || {
+            for (round, runs) in rx.into_iter().enumerate() {
+                for run in runs {
+                    // Zeroed requests meanwhile: never handed pages with old bytes.
+                    let z = layout(40_000, 8);
+                    let p = heap.allocate_zeroed(z).unwrap();
+                    // SAFETY: a fresh zeroed block of 40_000 bytes.
+                    let zero = unsafe { core::slice::from_raw_parts(p.as_ptr(), 40_000) };
+                    assert!(zero.iter().all(|&b| b == 0), "allocate_zeroed not zeroed");
+                    // SAFETY: p from allocate_zeroed(z).
+                    unsafe { heap.deallocate(p, z) };
+                    run.give(heap, round as u8);
+                }
+            }
+        };
+        on_two_cpus(produce, consume);
+        let stats = heap.stats();
+        assert_eq!(stats.in_use_bytes, 0, "{stats}");
+        assert!(stats.balances(), "{stats}");
+        heap.check_invariants().unwrap();
+        for cpu in 0..MAX_CPUS {
+            // SAFETY: the threads have exited.
+            unsafe { heap.drain_offline_cpu(cpu) };
+        }
+        heap.trim();
+        let end = heap.stats();
+        assert_eq!(end.cached_bytes, 0, "{end}");
+        // The caches' own pages moved from free to metadata; nothing else stayed.
+        assert_eq!(
+            end.free_bytes + end.metadata_bytes,
+            before.free_bytes + before.metadata_bytes,
+            "every page back: {end}"
+        );
+        heap.check_invariants().unwrap();
     }
 
     #[test]
@@ -1598,41 +1916,30 @@ mod tests {
         let count = if cfg!(miri) { 40 } else { 2_000 };
         let l = layout(48, 8);
         let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
-        // Both threads hold their CPU index for the whole exchange, so they are two
-        // CPUs (an exited thread's index, and cache, would pass to the next thread).
-        let both = std::sync::Barrier::new(2);
-        let both = &both;
-        std::thread::scope(|scope| {
-            scope.spawn(move || {
-                HostThreads::current();
-                both.wait();
-                let objects = (0..count)
-                    .map(|i| {
-                        let p = heap.allocate(l).unwrap();
-                        // SAFETY: a fresh block of 48 bytes.
-                        unsafe { p.as_ptr().cast::<usize>().write(i) };
-                        p.as_ptr() as usize
-                    })
-                    .collect();
-                tx.send(objects).unwrap();
-                both.wait();
-            });
-            scope.spawn(move || {
-                HostThreads::current();
-                both.wait();
-                let objects = rx.recv().unwrap();
-                for (i, addr) in objects.into_iter().enumerate() {
-                    let p = NonNull::new(addr as *mut u8).unwrap();
-                    // SAFETY: handed over by the allocating thread, which is done
-                    // with it; allocated with `l`.
-                    unsafe {
-                        assert_eq!(p.as_ptr().cast::<usize>().read(), i);
-                        heap.deallocate(p, l);
-                    }
+        let produce = move || {
+            let objects = (0..count)
+                .map(|i| {
+                    let p = heap.allocate(l).unwrap();
+                    // SAFETY: a fresh block of 48 bytes.
+                    unsafe { p.as_ptr().cast::<usize>().write(i) };
+                    p.as_ptr() as usize
+                })
+                .collect();
+            tx.send(objects).unwrap();
+        };
+        let consume = move || {
+            let objects = rx.recv().unwrap();
+            for (i, addr) in objects.into_iter().enumerate() {
+                let p = NonNull::new(addr as *mut u8).unwrap();
+                // SAFETY: handed over by the allocating thread, which is done with
+                // it; allocated with `l`.
+                unsafe {
+                    assert_eq!(p.as_ptr().cast::<usize>().read(), i);
+                    heap.deallocate(p, l);
                 }
-                both.wait();
-            });
-        });
+            }
+        };
+        on_two_cpus(produce, consume);
         // Each thread was a CPU with its own cache; the frees landed in the second.
         let cpus: Vec<CpuStats> = (0..MAX_CPUS).filter_map(|c| heap.cpu_stats(c)).collect();
         assert!(

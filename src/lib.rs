@@ -28,6 +28,7 @@
 //! - `heap`: the front end, [`SpanHeap`] and its `GlobalAlloc`;
 //! - `central`: one spin-locked central per class, fuller spans first;
 //! - `stack`: kernel stacks: per-CPU stack caches over stack pools, large stacks;
+//! - `page_cache`: per-CPU page caches: a 64-page group each, runs under 16 pages;
 //! - `span`: span descriptors, object bitmaps and alloc caches;
 //! - `page_heap`: arenas in address order, first-fit page runs, the arena index;
 //! - `arena`: one window's metadata: span map, page bitmap, descriptor slabs;
@@ -51,6 +52,7 @@ mod central;
 mod heap;
 mod list;
 mod page_bitmap;
+mod page_cache;
 mod page_heap;
 pub mod platform;
 mod range;

@@ -91,7 +91,7 @@ const MAX_LEVELS: usize = 4;
 
 /// For `align` = 1, 2, 4, ..., 32 pages: the bits of a word at aligned page indices
 /// (every word starts at a multiple of 64 pages).
-const ALIGN_MASKS: [u64; 6] = [
+pub(crate) const ALIGN_MASKS: [u64; 6] = [
     u64::MAX,
     0x5555_5555_5555_5555,
     0x1111_1111_1111_1111,
@@ -508,6 +508,46 @@ impl PageBitmap {
     /// When the range leaves the arena.
     pub(crate) fn free_range(&mut self, first: usize, n: usize) {
         self.fill(first, n, Fill::Free);
+    }
+
+    /// Takes every free page of the 64-page group starting at page `group` (a
+    /// multiple of 64): marks them in use and returns them as a mask (bit `i`: page
+    /// `group + i` was free). For the per-CPU page caches.
+    ///
+    /// # Panics
+    ///
+    /// When the group leaves the arena or is not aligned.
+    pub(crate) fn take_group(&mut self, group: usize) -> u64 {
+        assert!(
+            group % WORD_PAGES == 0 && group < self.pages,
+            "page_bitmap: bad group"
+        );
+        let word = &mut self.words_mut()[group / WORD_PAGES];
+        let free = !*word;
+        *word = u64::MAX;
+        self.free -= free.count_ones() as usize;
+        let chunk = group / self.shape.chunk_pages;
+        self.update_summaries(chunk, chunk);
+        free
+    }
+
+    /// Frees the pages of `mask` in the 64-page group starting at page `group`: the
+    /// inverse of [`PageBitmap::take_group`]. Pages of the mask already free stay free.
+    ///
+    /// # Panics
+    ///
+    /// When the group leaves the arena or is not aligned.
+    pub(crate) fn give_group(&mut self, group: usize, mask: u64) {
+        assert!(
+            group % WORD_PAGES == 0 && group < self.pages,
+            "page_bitmap: bad group"
+        );
+        let word = &mut self.words_mut()[group / WORD_PAGES];
+        let freed = *word & mask;
+        *word &= !mask;
+        self.free += freed.count_ones() as usize;
+        let chunk = group / self.shape.chunk_pages;
+        self.update_summaries(chunk, chunk);
     }
 
     /// Sets or clears the bits of `[first, first + n)`, keeps the free count, and
@@ -945,6 +985,39 @@ mod tests {
                 (bitmap.chunk_pages(), bitmap.levels()),
                 (chunk_pages, levels)
             );
+        }
+    }
+
+    #[test]
+    fn take_and_give_a_group_keep_counts_and_summaries() {
+        for pages in SIZES {
+            let mut bitmap = Owned::free(pages);
+            bitmap.alloc_range(3, 5);
+            bitmap.alloc_range(pages - 64 + 60, 4);
+            let taken = bitmap.take_group(0);
+            assert_eq!(taken, !(0b1_1111 << 3));
+            assert_eq!(bitmap.free_pages(), pages - 64 - 4);
+            assert_eq!(bitmap.find(1, 1), Some(64.min(pages)));
+            assert_ok(&bitmap);
+            // Give back part of it: the pages coalesce with their free neighbours.
+            bitmap.give_group(0, taken & !0b111);
+            assert_eq!(bitmap.free_pages(), pages - 64 - 4 + 64 - 5 - 3);
+            assert_eq!(bitmap.find(1, 1), Some(8));
+            let last = pages - 64;
+            let tail = bitmap.take_group(last);
+            assert_eq!(tail, u64::MAX >> 4);
+            bitmap.give_group(last, tail);
+            let free = bitmap.free_pages();
+            bitmap.give_group(last, 0b1);
+            assert_eq!(
+                bitmap.free_pages(),
+                free,
+                "a free page is not counted twice"
+            );
+            assert_ok(&bitmap);
+            bitmap.give_group(0, 0b111);
+            assert_eq!(bitmap.free_pages(), pages - 9);
+            assert_ok(&bitmap);
         }
     }
 

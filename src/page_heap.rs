@@ -136,15 +136,30 @@ pub(crate) struct NewSpan {
     pub(crate) dirty: bool,
 }
 
+/// A 64-page group taken for a CPU's page cache (see `page_cache`).
+#[derive(Clone, Copy)]
+pub(crate) struct Group {
+    /// The arena holding the group.
+    pub(crate) arena: NonNull<Arena>,
+    /// The group's first page index in the arena (a multiple of 64).
+    pub(crate) first: usize,
+    /// The pages of the group the cache holds: bit `i` is page `first + i`.
+    pub(crate) free: u64,
+    /// Which pages may hold non-zero bytes (bit `i` for page `first + i`).
+    pub(crate) dirty: u64,
+}
+
 /// The page heap. Lives behind the heap's page lock.
 pub(crate) struct PageHeap {
     arenas: [*mut Arena; MAX_ARENAS],
     count: usize,
-    /// Pages in live large-object spans.
+    /// Pages in live large-object spans, counting neither the spans the per-CPU page
+    /// caches handed out nor those they took back: wrapping, and only the sum with
+    /// every cache's count (`page_cache::RunCounts`) is the real value.
     pub(crate) large_pages: usize,
-    /// Live large objects.
+    /// Live large objects (wrapping, as `large_pages`).
     pub(crate) large_objects: usize,
-    /// Pages in live runs of the pages API.
+    /// Pages in live runs of the pages API (wrapping, as `large_pages`).
     pub(crate) run_pages: usize,
     /// Pages holding CPU caches.
     pub(crate) cache_pages: usize,
@@ -350,10 +365,10 @@ impl PageHeap {
         arena.set_span(first, mapped, span.as_ptr());
         match kind {
             SpanKind::Large => {
-                self.large_pages += pages;
-                self.large_objects += 1;
+                self.large_pages = self.large_pages.wrapping_add(pages);
+                self.large_objects = self.large_objects.wrapping_add(1);
             }
-            SpanKind::Pages => self.run_pages += pages,
+            SpanKind::Pages => self.run_pages = self.run_pages.wrapping_add(pages),
             SpanKind::Cache => self.cache_pages += pages,
             SpanKind::Stack => self.stack_pages += pages,
             SpanKind::Small => unreachable!("small spans come from new_small_span"),
@@ -367,35 +382,111 @@ impl PageHeap {
     ///
     /// `span` is a live span of this heap, found through `arena`, on no central list,
     /// and nothing refers to its memory any more.
-    pub(crate) unsafe fn free_span(&mut self, mut arena: NonNull<Arena>, span: NonNull<Span>) {
+    pub(crate) unsafe fn free_span(&mut self, arena: NonNull<Arena>, span: NonNull<Span>) {
+        // SAFETY: live span (caller).
+        let s = unsafe { span.as_ref() };
+        let pages = s.pages as usize;
+        match s.kind {
+            SpanKind::Small => {}
+            SpanKind::Stack => self.stack_pages -= pages,
+            SpanKind::Large => {
+                self.large_pages = self.large_pages.wrapping_sub(pages);
+                self.large_objects = self.large_objects.wrapping_sub(1);
+            }
+            SpanKind::Pages => self.run_pages = self.run_pages.wrapping_sub(pages),
+            SpanKind::Cache => self.cache_pages -= pages,
+        }
+        // SAFETY: forwarded from the caller.
+        unsafe { self.release_span(arena, span) };
+    }
+
+    /// Frees a span's pages and descriptor without counting it out: for spans whose
+    /// free a CPU's page cache has counted already.
+    ///
+    /// # Safety
+    ///
+    /// As for [`PageHeap::free_span`].
+    pub(crate) unsafe fn release_span(&mut self, mut arena: NonNull<Arena>, span: NonNull<Span>) {
         // SAFETY: live arena and span (caller); the page lock is held.
         let (arena, s) = unsafe { (arena.as_mut(), span.as_ref()) };
         let first = arena.page_of(s.base);
         let pages = s.pages as usize;
-        match s.kind {
-            SpanKind::Small => arena.set_span(first, pages, ptr::null_mut()),
-            SpanKind::Stack => {
-                arena.set_span(first, pages, ptr::null_mut());
-                self.stack_pages -= pages;
-            }
-            SpanKind::Large => {
-                arena.set_span(first, 1, ptr::null_mut());
-                self.large_pages -= pages;
-                self.large_objects -= 1;
-            }
-            SpanKind::Pages => {
-                arena.set_span(first, 1, ptr::null_mut());
-                self.run_pages -= pages;
-            }
-            SpanKind::Cache => {
-                arena.set_span(first, 1, ptr::null_mut());
-                self.cache_pages -= pages;
-            }
-        }
+        let mapped = match s.kind {
+            SpanKind::Small | SpanKind::Stack => pages,
+            SpanKind::Large | SpanKind::Pages | SpanKind::Cache => 1,
+        };
+        arena.set_span(first, mapped, ptr::null_mut());
         arena.free_pages(first, pages);
         // SAFETY: the descriptor came from this arena, is on no list (caller) and no
         // longer in the span map (cleared above).
         unsafe { arena.free_descriptor(span) };
+    }
+
+    /// The 64-page group holding the first fit of `pages` pages aligned to `align`
+    /// pages, with every free page of it taken for a CPU's page cache. `None` when no
+    /// run fits, or when the first fit crosses a group boundary (the caller then
+    /// takes that run from the page heap directly).
+    ///
+    /// The group's pages are marked dirty in the arena while the cache holds them
+    /// (the cache keeps the exact bits in [`Group::dirty`]), so that a page the cache
+    /// hands out and another CPU frees to the page heap is never taken for zeroed.
+    pub(crate) fn take_group(&mut self, pages: usize, align: usize) -> Option<Group> {
+        for &arena in &self.arenas[..self.count] {
+            // SAFETY: live arena; the page lock is held (we have &mut self).
+            let a = unsafe { &mut *arena };
+            let Some(first) = a.bitmap.find(pages, align) else {
+                continue;
+            };
+            let group = first - first % 64;
+            if first + pages > group + 64 {
+                return None;
+            }
+            let free = a.bitmap.take_group(group);
+            let dirty = a.dirty_group(group);
+            a.set_dirty_group(group, dirty | free);
+            return Some(Group {
+                // SAFETY: arena pointers in the table are not null.
+                arena: unsafe { NonNull::new_unchecked(arena) },
+                first: group,
+                free,
+                dirty,
+            });
+        }
+        None
+    }
+
+    /// Gives back the pages a page cache holds of `group`, with their exact dirty
+    /// bits.
+    pub(crate) fn give_group(&mut self, mut group: Group) {
+        // SAFETY: a group's arena is a live arena of this heap; the page lock is held.
+        let a = unsafe { group.arena.as_mut() };
+        let dirty = a.dirty_group(group.first);
+        a.set_dirty_group(
+            group.first,
+            (dirty & !group.free) | (group.dirty & group.free),
+        );
+        a.bitmap.give_group(group.first, group.free);
+    }
+
+    /// A descriptor slot of `arena` for a page cache; `None` when the arena has no
+    /// page for a new slab.
+    pub(crate) fn take_descriptor(&mut self, mut arena: NonNull<Arena>) -> Option<NonNull<Span>> {
+        // SAFETY: a live arena of this heap (caller's group); the page lock is held.
+        unsafe { arena.as_mut() }.alloc_descriptor()
+    }
+
+    /// Returns a descriptor slot a page cache held.
+    ///
+    /// # Safety
+    ///
+    /// `span` came from [`PageHeap::take_descriptor`] for `arena` and is not in use.
+    pub(crate) unsafe fn give_descriptor(
+        &mut self,
+        mut arena: NonNull<Arena>,
+        span: NonNull<Span>,
+    ) {
+        // SAFETY: live arena (caller), the page lock is held; the slot is unused.
+        unsafe { arena.as_mut().free_descriptor(span) };
     }
 
     /// Resizes a large span in place to `new_pages` pages: shrinking frees the tail;
@@ -429,7 +520,7 @@ impl PageHeap {
             arena.mark_dirty(tail, extra);
             dirty
         };
-        self.large_pages = self.large_pages + new_pages - old;
+        self.large_pages = self.large_pages.wrapping_add(new_pages).wrapping_sub(old);
         s.pages = new_pages as u32;
         s.object_size = (new_pages * PAGE_SIZE).min(u32::MAX as usize) as u32;
         Some(dirty)

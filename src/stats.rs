@@ -12,7 +12,9 @@
 //! - `span_free`: bytes of small-object and stack spans not handed out (free slots,
 //!   span tails, reserve spans, free large stacks kept for reuse);
 //! - `free`: bytes of free pages in the page heap;
-//! - `cached`: bytes held in per-CPU caches (0 until the caches exist);
+//! - `cached`: bytes held in per-CPU caches (0 until the caches exist): objects,
+//!   tiny blocks, kernel stacks, and the pages of the page caches (free pages of each
+//!   CPU's group and page runs freed but not yet given back);
 //! - `metadata`: arena metadata, span-descriptor slabs and the CPU caches' own pages.
 
 use crate::size_class::NUM_CLASSES;
@@ -48,19 +50,23 @@ pub struct CpuStats {
     pub cached_bytes: usize,
     /// Tiny sub-objects (1 to 7 bytes) the CPU packed into 16-byte blocks.
     pub tiny: usize,
+    /// Page runs (large objects and `alloc_pages` runs under 16 pages) served from
+    /// the CPU's page cache.
+    pub page_runs: usize,
 }
 
 impl fmt::Display for CpuStats {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "allocs {} frees {} refills {} flushes {} cached {} KiB tiny {}",
+            "allocs {} frees {} refills {} flushes {} cached {} KiB tiny {} page runs {}",
             self.allocs,
             self.frees,
             self.refills,
             self.flushes,
             kib(self.cached_bytes),
-            self.tiny
+            self.tiny,
+            self.page_runs
         )
     }
 }
