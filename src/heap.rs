@@ -824,10 +824,12 @@ impl<P: Platform> SpanHeap<P> {
         let new_layout = Layout::from_size_align(new_size, layout.align()).ok()?;
         let old_class = class_of(layout.size(), layout.align());
         let new_class = class_of(new_size, layout.align());
-        // A tiny sub-object has no room to grow in its block.
-        let tiny_growth = tiny::is_tiny(layout.size(), layout.align()) && new_size > layout.size();
+        // A tiny sub-object has no room to grow in its block, and a layout that is not
+        // tiny (0 bytes, say) could not free it there.
+        let tiny_moves = tiny::is_tiny(layout.size(), layout.align())
+            && (new_size > layout.size() || !tiny::is_tiny(new_size, layout.align()));
         match (old_class, new_class) {
-            (Some(old), Some(new)) if old == new && !tiny_growth => return Some(ptr),
+            (Some(old), Some(new)) if old == new && !tiny_moves => return Some(ptr),
             (None, None) => {
                 if let Some(moved) = self.resize_large_in_place(ptr, new_size) {
                     return moved.then_some(ptr);
@@ -854,7 +856,8 @@ impl<P: Platform> SpanHeap<P> {
         if s.kind != SpanKind::Large || s.base != addr {
             return None;
         }
-        let new_pages = new_size.div_ceil(PAGE_SIZE);
+        // A large object keeps at least a page, even at 0 bytes (aligned beyond a page).
+        let new_pages = new_size.div_ceil(PAGE_SIZE).max(1);
         if new_pages == s.pages as usize {
             return Some(true);
         }

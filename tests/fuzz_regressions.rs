@@ -1,7 +1,5 @@
 //! Bugs found by the cargo-fuzz target `heap_actions` (`fuzz/`), each as the smallest
-//! reproduction in a plain test. A test that still fails is `#[ignore]`d with the
-//! bug named, and the fuzz target steps around the bug (its `BUG_*` constants) until
-//! the fix lands; the fix removes both.
+//! reproduction in a plain test, kept after the fix so that the bug stays fixed.
 
 use spanheap::platform::HostThreads;
 use spanheap::{Config, MemoryRange, SpanHeap};
@@ -27,9 +25,9 @@ fn heap(size: usize) -> SpanHeap<HostThreads> {
 /// (`FreeError::WrongLayout`) and the object and its block are never freed.
 /// The fuzz input: `Alloc { size: 5, align: 1 }`, `Realloc { index: 0, size: 0 }`;
 /// the target saw 0 objects of the 8-byte class where the model had one, and the
-/// final free refused.
+/// final free refused. Fixed: `reallocate` moves a tiny object whose new layout is
+/// not tiny.
 #[test]
-#[ignore = "bug: a tiny object reallocated to 0 bytes cannot be freed (src/heap.rs reallocate)"]
 fn a_tiny_object_reallocated_to_zero_bytes_can_be_freed() {
     let heap = heap(4 << 20);
     let tiny = Layout::from_size_align(5, 1).unwrap();
@@ -53,10 +51,8 @@ fn a_tiny_object_reallocated_to_zero_bytes_can_be_freed() {
 /// bytes; and `check_invariants()` never returns (its span walk steps by the span's
 /// page count, 0). The fuzz input: `Alloc { size: 3, align: 64 KiB }`,
 /// `Realloc { index: 0, size: 0 }`; the target saw `large_bytes` 0 for one live
-/// large object.
+/// large object. Fixed: a large object keeps at least one page.
 #[test]
-#[ignore = "bug: a large object aligned beyond a page reallocated to 0 bytes loses its page \
-            (src/heap.rs reallocate -> resize_large_in_place)"]
 fn a_large_aligned_object_reallocated_to_zero_bytes_keeps_its_page() {
     let heap = heap(4 << 20);
     let layout = Layout::from_size_align(3, 8192).unwrap();
