@@ -30,8 +30,11 @@ use std::time::{Duration, Instant};
 pub const KERNEL: &str = "bench";
 /// Guest memory for the benchmark (four 128 MiB regions plus the kernel's own heap).
 pub const MEMORY: &str = "1G";
-/// Allocators in report order, as the kernel names them.
-pub const ALLOCS: [&str; 4] = ["spanheap", "talc", "lla", "floor"];
+/// Allocators the kernel runs by default, as it names them.
+pub const DEFAULT_ALLOCS: [&str; 4] = ["spanheap", "talc", "lla", "floor"];
+/// Every allocator the kernel knows, in report order (`spanheap-gs` runs only when
+/// asked for with `allocs=`: spanheap with the CPU index through GS, for diagnosis).
+pub const ALLOCS: [&str; 5] = ["spanheap", "talc", "lla", "floor", "spanheap-gs"];
 /// Workloads in report order.
 pub const WORKLOADS: [&str; 3] = ["pairs", "larson", "xfree"];
 
@@ -120,9 +123,12 @@ pub fn parse_output(output: &str) -> Vec<Sample> {
     output.lines().filter_map(parse_line).collect()
 }
 
-/// The kernel parameters for `mode` with `ops` operations per CPU and `reps` rounds.
-pub fn params(mode: Mode, ops: u64, reps: u32) -> String {
-    format!("mode={} ops={ops} reps={reps}", mode.name())
+/// The kernel parameters for `mode` with `ops` operations per CPU and `reps` rounds,
+/// then `extra` (more `key=value` words, e.g. `allocs=spanheap,floor irq=off`).
+pub fn params(mode: Mode, ops: u64, reps: u32, extra: &str) -> String {
+    format!("mode={} ops={ops} reps={reps} {extra}", mode.name())
+        .trim_end()
+        .to_string()
 }
 
 /// QEMU options that boot the benchmark kernel with `cpus` CPUs in `mode` and hand it
@@ -183,6 +189,8 @@ pub struct Plan {
     pub icount: bool,
     /// Kill a boot after this long.
     pub timeout: Duration,
+    /// More kernel parameters for every boot (`key=value` words).
+    pub kernel_args: String,
 }
 
 impl Plan {
@@ -197,6 +205,7 @@ impl Plan {
             cpus: vec![1, 2, 4],
             icount: true,
             timeout: Duration::from_secs(900),
+            kernel_args: String::new(),
         }
     }
 
@@ -210,6 +219,7 @@ impl Plan {
             cpus: vec![1, 2, 4],
             icount: true,
             timeout: Duration::from_secs(300),
+            kernel_args: String::new(),
         }
     }
 }
@@ -246,10 +256,10 @@ pub fn measure(plan: &Plan, mut progress: impl FnMut(&str)) -> Result<Results, F
     };
     if plan.icount {
         progress(&format!("icount, 1 CPU, {} ops per case", plan.icount_ops));
-        let params = params(Mode::Icount, plan.icount_ops, 1);
+        let params = params(Mode::Icount, plan.icount_ops, 1, &plan.kernel_args);
         results.icount = boot(Mode::Icount, 1, &params, plan.timeout)?;
     }
-    let params = params(Mode::Tcg, plan.tcg_ops, plan.reps);
+    let params = params(Mode::Tcg, plan.tcg_ops, plan.reps, &plan.kernel_args);
     for round in 0..plan.boots {
         for &cpus in &plan.cpus {
             progress(&format!(
@@ -362,11 +372,27 @@ fn write_icount(md: &mut String, samples: &[Sample]) {
         "## Guest instructions per operation (`-icount shift=0`, 1 CPU)\n\n\
          Exact: the TSC counts guest instructions. `- floor` subtracts the harness.\n"
     );
-    let _ = writeln!(
-        md,
-        "| workload | spanheap | talc | lla | floor | spanheap - floor | talc - floor | lla - floor |"
-    );
-    let _ = writeln!(md, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let present: Vec<&str> = ALLOCS
+        .into_iter()
+        .filter(|a| samples.iter().any(|s| s.alloc == *a))
+        .collect();
+    let has_floor = present.contains(&"floor");
+    let net: Vec<&str> = present
+        .iter()
+        .copied()
+        .filter(|a| has_floor && *a != "floor")
+        .collect();
+    let mut header = "| workload |".to_string();
+    let mut rule = "|---|".to_string();
+    for alloc in &present {
+        let _ = write!(header, " {alloc} |");
+        rule.push_str("---:|");
+    }
+    for alloc in &net {
+        let _ = write!(header, " {alloc} - floor |");
+        rule.push_str("---:|");
+    }
+    let _ = writeln!(md, "{header}\n{rule}");
     for workload in WORKLOADS {
         let per_op = |alloc: &str| {
             let mut v: Vec<f64> = select(samples, workload, alloc, None)
@@ -374,15 +400,14 @@ fn write_icount(md: &mut String, samples: &[Sample]) {
                 .collect();
             median(&mut v)
         };
-        let cells: Vec<Option<f64>> = ALLOCS.iter().map(|a| per_op(a)).collect();
-        let floor = cells[3];
+        let floor = per_op("floor");
         let mut row = format!("| {workload} |");
-        for cell in &cells {
-            let _ = write!(row, " {} |", fmt_opt(*cell, 1));
+        for alloc in &present {
+            let _ = write!(row, " {} |", fmt_opt(per_op(alloc), 1));
         }
-        for cell in &cells[..3] {
-            let net = cell.zip(floor).map(|(c, f)| c - f);
-            let _ = write!(row, " {} |", fmt_opt(net, 1));
+        for alloc in &net {
+            let value = per_op(alloc).zip(floor).map(|(c, f)| c - f);
+            let _ = write!(row, " {} |", fmt_opt(value, 1));
         }
         let _ = writeln!(md, "{row}");
     }
@@ -395,17 +420,21 @@ fn write_tcg(md: &mut String, results: &Results) {
     counts.sort_unstable();
     counts.dedup();
     let base = counts.first().copied().unwrap_or(1);
+    let host_cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let most = counts.last().copied().unwrap_or(1);
+    let oversubscribed = if most as usize > host_cores {
+        format!(" {most} CPUs on {host_cores} host cores are oversubscribed.")
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         md,
         "## Aggregate throughput, multi-threaded TCG\n\n\
          M operations per second of all CPUs together (every CPU runs the same operation \
          count from a common start; elapsed = first start to last end), median of {} \
          boot(s) per CPU count, boots alternating between the counts. `N / {base}` is the \
-         ratio to {base} CPU. The guest TSC is the host TSC under TCG. {} CPUs on {} host \
-         cores are oversubscribed.\n",
+         ratio to {base} CPU. The guest TSC is the host TSC under TCG.{oversubscribed}\n",
         results.boots,
-        counts.last().copied().unwrap_or(1),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
     let mut header = "| workload | allocator |".to_string();
     let mut rule = "|---|---|".to_string();

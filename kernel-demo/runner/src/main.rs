@@ -4,7 +4,7 @@
 //! spanheap-runner [KERNEL] [--cpus N] [--memory SIZE] [--icount] [--timeout SECS]
 //!                 [--list] [-- QEMU ARGS...]
 //! spanheap-runner kernel-bench [--quick] [--out FILE] [--boots N] [--ops N]
-//!                 [--cpus 1,2,4] [--no-icount]
+//!                 [--cpus 1,2,4] [--no-icount] [--kernel-args WORDS]
 //! ```
 //!
 //! Exits 0 when the kernel exits with the success code, 1 otherwise (the kernel's
@@ -27,13 +27,14 @@ const USAGE: &str = "usage: spanheap-runner [KERNEL] [--cpus N] [--memory SIZE] 
   --timeout SECS kill QEMU after SECS seconds, default 300
   --list         list the kernels
 usage: spanheap-runner kernel-bench [--quick] [--out FILE] [--boots N] [--ops N] \
-[--cpus 1,2,4] [--no-icount]
+[--cpus 1,2,4] [--no-icount] [--kernel-args WORDS]
   --quick        5 000 operations per case, one boot per CPU count (under a minute)
   --out FILE     the markdown report, default bench-results/kernel.md in the workspace
   --boots N      boots per CPU count under TCG (default 5), medians over them
   --ops N        operations per CPU and case (default 200 000)
   --cpus LIST    CPU counts under TCG (default 1,2,4; the first is the ratios' base)
-  --no-icount    skip the icount boot (instructions per operation)";
+  --no-icount    skip the icount boot (instructions per operation)
+  --kernel-args WORDS  more kernel parameters, e.g. \"allocs=spanheap,spanheap-gs,floor irq=off\"";
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1)) {
@@ -129,6 +130,7 @@ fn parse_bench(mut args: impl Iterator<Item = String>) -> Result<Command, String
                     .collect::<Result<_, _>>()?
             }
             "--no-icount" => plan.icount = false,
+            "--kernel-args" => plan.kernel_args = value("--kernel-args")?,
             "-h" | "--help" => return Err(String::new()),
             other => return Err(format!("kernel-bench: unexpected argument {other}")),
         }

@@ -4,7 +4,7 @@
 //! that each allocator got its region back after each case (a failed check panics, so
 //! the boot fails); this test checks the result lines. No timing is asserted.
 
-use spanheap_runner::bench::{self, Mode, Sample, ALLOCS, WORKLOADS};
+use spanheap_runner::bench::{self, Mode, Sample, DEFAULT_ALLOCS, WORKLOADS};
 use spanheap_runner::{run, Options};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ const OPS: u64 = 5_000;
 
 /// Boots the benchmark kernel and returns its output and samples.
 fn boot(mode: Mode, cpus: u32) -> (String, Vec<Sample>) {
-    let params = bench::params(mode, OPS, 1);
+    let params = bench::params(mode, OPS, 1, "");
     let options: Options = bench::options(mode, cpus, &params, Duration::from_secs(300));
     let output = match run(bench::KERNEL, &options) {
         Ok(done) => done.output,
@@ -28,12 +28,12 @@ fn check(output: &str, samples: &[Sample], cpus: u32) {
     assert!(
         output.contains(&format!(
             "bench: done cases={}",
-            WORKLOADS.len() * ALLOCS.len()
+            WORKLOADS.len() * DEFAULT_ALLOCS.len()
         )),
         "output:\n{output}"
     );
     for workload in WORKLOADS {
-        for alloc in ALLOCS {
+        for alloc in DEFAULT_ALLOCS {
             let mut found = samples
                 .iter()
                 .filter(|s| s.workload == workload && s.alloc == alloc);
@@ -85,6 +85,7 @@ fn bench_quick_icount_1_cpu() {
         ..bench::Results::default()
     });
     assert!(report.contains("| pairs |"), "{report}");
+    assert!(report.contains(" spanheap - floor |"), "{report}");
 }
 
 #[test]
@@ -92,7 +93,7 @@ fn bench_quick_tcg_2_cpus() {
     let (output, samples) = boot(Mode::Tcg, 2);
     check(&output, &samples, 2);
     assert!(
-        output.contains("bench: spanheap-cache workload=xfree cpus=2 refills="),
+        output.contains("bench: spanheap-cache alloc=spanheap workload=xfree cpus=2 refills="),
         "output:\n{output}"
     );
 }

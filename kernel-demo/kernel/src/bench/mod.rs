@@ -34,7 +34,8 @@
 //!   runs `N / lla_div` (default 20; in pairs 5 times fewer again): it walks a list of
 //!   thousands of holes per call;
 //! - `reps=N` rounds of every case (default 1), interleaving the subjects;
-//! - `workloads=pairs,larson,xfree` and `allocs=spanheap,talc,lla,floor` (default all);
+//! - `workloads=pairs,larson,xfree` (default all) and `allocs=spanheap,talc,lla,floor`
+//!   (the default; `spanheap-gs` runs only when named, see [`subjects`]);
 //! - `irq=off` runs with interrupts disabled (for comparisons).
 //!
 //! The kernel ends with `bench: done cases=N` and the success exit code; a failed check
@@ -54,9 +55,14 @@ use crate::heap::{self, HEAP};
 use crate::{fw_cfg, interrupts, print, println, smp};
 use bootloader_api::BootInfo;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use spanheap::platform::Platform;
+use spanheap::SpanHeap;
 use spanheap::{bootinfo, MemoryRange};
 use spin::Once;
-use subjects::{Subject, FLOOR, LLA, MAX_BENCH_CPUS, REGION_ALIGN, REGION_SIZE, SPANHEAP, TALC};
+use subjects::{
+    GsIndex, Subject, FLOOR, LLA, MAX_BENCH_CPUS, REGIONS, REGION_ALIGN, REGION_SIZE, SPANHEAP,
+    SPANHEAP_GS, TALC,
+};
 use sync::{Barrier, CpuRecord};
 use workloads::{Cx, Tally};
 
@@ -110,11 +116,19 @@ pub enum Alloc {
     Lla,
     /// [`FLOOR`].
     Floor,
+    /// [`SPANHEAP_GS`] (run only when asked for).
+    SpanheapGs,
 }
 
 impl Alloc {
     /// Every subject, in report order.
-    pub const ALL: [Alloc; 4] = [Alloc::Spanheap, Alloc::Talc, Alloc::Lla, Alloc::Floor];
+    pub const ALL: [Alloc; 5] = [
+        Alloc::Spanheap,
+        Alloc::Talc,
+        Alloc::Lla,
+        Alloc::Floor,
+        Alloc::SpanheapGs,
+    ];
 
     /// The name in result lines.
     pub fn name(self) -> &'static str {
@@ -123,6 +137,7 @@ impl Alloc {
             Alloc::Talc => "talc",
             Alloc::Lla => "lla",
             Alloc::Floor => "floor",
+            Alloc::SpanheapGs => "spanheap-gs",
         }
     }
 }
@@ -150,6 +165,7 @@ impl Params {
         lla_div: 20,
         reps: 1,
         workloads: 0b111,
+        // Not spanheap-gs.
         allocs: 0b1111,
         irq: true,
     };
@@ -251,6 +267,9 @@ pub fn main(boot_info: &'static BootInfo) -> ! {
     for region in regions {
         touch(region);
     }
+    // SAFETY: ring 0, the bootstrap CPU as CPU 0, outside heap code; nothing else uses
+    // GS. Before `subjects::init`, whose `add_memory` pins to the CPU.
+    unsafe { GsIndex::init_cpu(0) };
     // SAFETY: the regions were carved out of usable memory that the global heap did
     // not get, are mapped (physical-memory mapping), and no CPU runs a case yet.
     unsafe { subjects::init(regions, cpus) };
@@ -298,14 +317,14 @@ fn cpu_index_instruction() -> &'static str {
     }
 }
 
-/// Gives the boot memory to the global heap except four aligned benchmark regions
+/// Gives the boot memory to the global heap except the aligned benchmark regions
 /// carved from the top of the usable range that ends highest; returns them.
-fn init_memory(boot_info: &BootInfo) -> [MemoryRange; 4] {
+fn init_memory(boot_info: &BootInfo) -> [MemoryRange; REGIONS] {
     heap::register_cpu(0);
     let offset =
         bootinfo::physical_memory_offset(boot_info).expect("the boot config maps physical memory");
     HEAP.set_phys_offset(offset);
-    let need = 4 * REGION_SIZE;
+    let need = REGIONS * REGION_SIZE;
     let base = bootinfo::usable_ranges(&boot_info.memory_regions, offset)
         .filter_map(|r| {
             let top = r.end & !(REGION_ALIGN - 1);
@@ -331,7 +350,7 @@ fn init_memory(boot_info: &BootInfo) -> [MemoryRange; 4] {
             }
         }
     }
-    [0, 1, 2, 3].map(|i| MemoryRange::new(base + i * REGION_SIZE, base + (i + 1) * REGION_SIZE))
+    core::array::from_fn(|i| MemoryRange::new(base + i * REGION_SIZE, base + (i + 1) * REGION_SIZE))
 }
 
 /// Writes every page of `region` once.
@@ -343,11 +362,14 @@ fn touch(region: MemoryRange) {
 }
 
 /// Gets CPU `cpu` ready for cases: the IDT (the bootstrap CPU's is loaded by
-/// `interrupts::init`) and the interrupt flag.
+/// `interrupts::init`), its GS word for spanheap-gs, and the interrupt flag.
 fn enter_cases(cpu: usize, params: &Params) {
     if cpu != 0 {
         interrupts::init_cpu();
     }
+    // SAFETY: ring 0, on CPU `cpu` (distinct per CPU, below MAX_BENCH_CPUS), outside
+    // heap code; the kernels use GS for nothing else.
+    unsafe { GsIndex::init_cpu(cpu) };
     if params.irq {
         x86_64::instructions::interrupts::enable();
     }
@@ -397,6 +419,11 @@ fn run_case(cpu: usize, cpus: usize, case: usize) {
         Alloc::Talc => run_workload(workload, &TALC, &cx),
         Alloc::Lla => run_workload(workload, &LLA, &cx),
         Alloc::Floor => run_workload(workload, &FLOOR, &cx),
+        Alloc::SpanheapGs => {
+            let tally = run_workload(workload, &SPANHEAP_GS, &cx);
+            SPANHEAP_GS.drain_cpu();
+            tally
+        }
     };
     record.allocs.store(tally.allocs, Ordering::Relaxed);
     record.frees.store(tally.frees, Ordering::Relaxed);
@@ -417,7 +444,11 @@ fn run_case_on_bsp(rep: usize, workload: Workload, alloc: Alloc, params: &Params
             | Alloc::ALL.iter().position(|&x| x == a).expect("listed") << 8
     };
     let case = index(workload, alloc);
-    let before: [_; MAX_BENCH_CPUS] = core::array::from_fn(|cpu| SPANHEAP.cpu_stats(cpu));
+    let stats_of = |cpu| match alloc {
+        Alloc::SpanheapGs => SPANHEAP_GS.cpu_stats(cpu),
+        _ => SPANHEAP.cpu_stats(cpu),
+    };
+    let before: [_; MAX_BENCH_CPUS] = core::array::from_fn(stats_of);
     CASE_OPS.store(params.ops_for(workload, alloc), Ordering::Relaxed);
     CASE.store(case, Ordering::Relaxed);
     BARRIER.wait(cpus);
@@ -452,8 +483,12 @@ fn run_case_on_bsp(rep: usize, workload: Workload, alloc: Alloc, params: &Params
     );
     let verdict = match alloc {
         Alloc::Spanheap => {
-            print_cache_traffic(workload, cpus, &before);
-            subjects::spanheap_is_empty()
+            print_cache_traffic(&SPANHEAP, alloc, workload, cpus, &before);
+            subjects::spanheap_is_empty(&SPANHEAP)
+        }
+        Alloc::SpanheapGs => {
+            print_cache_traffic(&SPANHEAP_GS, alloc, workload, cpus, &before);
+            subjects::spanheap_is_empty(&SPANHEAP_GS)
         }
         Alloc::Talc => subjects::talc_is_empty(),
         Alloc::Lla => subjects::lla_is_empty(),
@@ -470,17 +505,20 @@ fn run_case_on_bsp(rep: usize, workload: Workload, alloc: Alloc, params: &Params
 
 /// Prints each CPU's spanheap cache refills and flushes during the case (how often it
 /// went to the centrals' locks).
-fn print_cache_traffic(
+fn print_cache_traffic<P: Platform>(
+    heap: &SpanHeap<P>,
+    alloc: Alloc,
     workload: Workload,
     cpus: usize,
     before: &[Option<spanheap::CpuStats>; MAX_BENCH_CPUS],
 ) {
     print!(
-        "bench: spanheap-cache workload={} cpus={cpus} refills=",
+        "bench: spanheap-cache alloc={} workload={} cpus={cpus} refills=",
+        alloc.name(),
         workload.name()
     );
     let delta = |cpu: usize, f: fn(&spanheap::CpuStats) -> usize| {
-        let now = SPANHEAP.cpu_stats(cpu).map_or(0, |s| f(&s));
+        let now = heap.cpu_stats(cpu).map_or(0, |s| f(&s));
         now - before[cpu].map_or(0, |s| f(&s))
     };
     for cpu in 0..cpus {

@@ -7,6 +7,11 @@
 //! - `talc`: `talc::TalcLock<spinning_top::RawSpinlock, Manual>` over a claimed region
 //!   (talc's documented lock);
 //! - `lla`: `linked_list_allocator::LockedHeap` (a spinning_top spin lock inside);
+//! - `spanheap-gs` (on request only): a second `SpanHeap` whose platform
+//!   ([`GsIndex`]) reads the CPU index from a per-CPU word through GS (one load)
+//!   instead of RDPID / RDTSCP, with the same interrupts-off critical section: what the
+//!   CPU-index instruction costs (QEMU's TCG has no RDPID, and runs RDTSCP as a
+//!   helper that reads the host clock);
 //! - `floor`: not an allocator: per-CPU LIFO lists of power-of-two cells carved from a
 //!   per-CPU bump range, no lock, no coalescing, nothing shared. It costs the least any
 //!   allocator can and measures the harness (random draws, content stamps and checks,
@@ -25,7 +30,8 @@
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr;
-use spanheap::platform::X86_64;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use spanheap::platform::{Platform, X86_64};
 use spanheap::{MemoryRange, SpanHeap};
 
 /// Bytes of each subject's region.
@@ -35,8 +41,13 @@ pub const REGION_ALIGN: usize = 64 << 20;
 /// The most CPUs the benchmark runs on.
 pub const MAX_BENCH_CPUS: usize = 16;
 
+/// Subjects with a region of their own.
+pub const REGIONS: usize = 5;
+
 /// The measured spanheap.
 pub static SPANHEAP: SpanHeap<X86_64> = SpanHeap::new();
+/// The measured spanheap with the CPU index through GS.
+pub static SPANHEAP_GS: SpanHeap<GsIndex> = SpanHeap::new();
 /// talc behind its spin lock.
 pub static TALC: TalcLocked = TalcLocked::new(talc::source::Manual);
 /// linked_list_allocator behind its spin lock.
@@ -66,7 +77,7 @@ pub trait Subject: Sync {
     unsafe fn free(&self, cpu: usize, ptr: *mut u8, layout: Layout);
 }
 
-impl Subject for SpanHeap<X86_64> {
+impl<P: Platform> Subject for SpanHeap<P> {
     #[inline(always)]
     unsafe fn alloc(&self, _cpu: usize, layout: Layout) -> *mut u8 {
         // SAFETY: non-zero size (caller).
@@ -105,6 +116,70 @@ impl Subject for linked_list_allocator::LockedHeap {
     unsafe fn free(&self, _cpu: usize, ptr: *mut u8, layout: Layout) {
         // SAFETY: allocated here with `layout` (caller).
         unsafe { GlobalAlloc::dealloc(self, ptr, layout) }
+    }
+}
+
+/// A platform for diagnosis: [`X86_64`]'s critical section (interrupts off), the CPU
+/// index in a per-CPU word at GS offset 0 (set by [`GsIndex::init_cpu`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GsIndex;
+
+/// A CPU's word for [`GsIndex`]: `index + 1`, 0 for none.
+#[repr(align(64))]
+struct GsWord(AtomicUsize);
+
+static GS_WORDS: [GsWord; MAX_BENCH_CPUS] = [const { GsWord(AtomicUsize::new(0)) }; MAX_BENCH_CPUS];
+
+/// `IA32_GS_BASE`.
+const GS_BASE_MSR: u32 = 0xC000_0101;
+
+impl GsIndex {
+    /// Makes the running CPU CPU `index` for [`GsIndex`]: points GS at its word.
+    ///
+    /// # Safety
+    ///
+    /// Ring 0, on the CPU being named, outside heap code; each CPU gets a distinct
+    /// index below [`MAX_BENCH_CPUS`]; nothing else uses GS.
+    pub unsafe fn init_cpu(index: usize) {
+        let word = &GS_WORDS[index];
+        word.0.store(index + 1, Ordering::Relaxed);
+        let base = word as *const GsWord as u64;
+        // SAFETY: ring 0 (caller); GS_BASE exists in long mode and nothing else
+        // uses GS (caller).
+        unsafe {
+            core::arch::asm!("wrmsr", in("ecx") GS_BASE_MSR, in("eax") base as u32,
+                             in("edx") (base >> 32) as u32, options(nostack, preserves_flags));
+        }
+    }
+}
+
+// SAFETY: the critical section is X86_64's (interrupts off: no migration, no handler
+// in heap code); each CPU's GS points at its own word, which holds its distinct
+// index and never changes once set (`init_cpu`'s contract).
+unsafe impl Platform for GsIndex {
+    type Saved = bool;
+
+    #[inline(always)]
+    fn enter() -> bool {
+        X86_64::enter()
+    }
+
+    #[inline(always)]
+    unsafe fn exit(saved: bool) {
+        // SAFETY: forwarded from the caller.
+        unsafe { X86_64::exit(saved) }
+    }
+
+    #[inline(always)]
+    fn cpu_index() -> Option<usize> {
+        let word: usize;
+        // SAFETY: a load from this CPU's word: the benchmark points each CPU's GS at it
+        // (`init_cpu`) before that CPU makes any call to SPANHEAP_GS.
+        unsafe {
+            core::arch::asm!("mov {}, gs:[0]", out(reg) word,
+                             options(nostack, preserves_flags, readonly))
+        };
+        word.checked_sub(1)
     }
 }
 
@@ -216,17 +291,19 @@ impl Subject for Floor {
     }
 }
 
-/// Gives each subject its region: `regions` are spanheap's, talc's, lla's and the
-/// floor's, each [`REGION_SIZE`] bytes.
+/// Gives each subject its region: `regions` are spanheap's, talc's, lla's, the
+/// floor's and spanheap-gs's, each [`REGION_SIZE`] bytes.
 ///
 /// # Safety
 ///
 /// The regions are mapped writable, disjoint, used by nothing else, and stay so; this
 /// runs once, before any CPU runs a case.
-pub unsafe fn init(regions: [MemoryRange; 4], cpus: usize) {
-    let [span, talc, lla, floor] = regions;
+pub unsafe fn init(regions: [MemoryRange; REGIONS], cpus: usize) {
+    let [span, talc, lla, floor, span_gs] = regions;
     // SAFETY: the region is SPANHEAP's alone (caller).
     unsafe { SPANHEAP.add_memory(span) }.expect("spanheap takes its region");
+    // SAFETY: as above, SPANHEAP_GS's alone.
+    unsafe { SPANHEAP_GS.add_memory(span_gs) }.expect("spanheap-gs takes its region");
     // SAFETY: as above, talc's alone.
     unsafe { TALC.lock().claim(talc.start as *mut u8, talc.len()) }
         .expect("talc claims its region");
@@ -239,12 +316,12 @@ pub unsafe fn init(regions: [MemoryRange; 4], cpus: usize) {
 /// Why a subject did not give everything back.
 pub type Leak = &'static str;
 
-/// Checks that spanheap holds no object any more (after every CPU drained its cache):
+/// Checks that `heap` holds no object any more (after every CPU drained its cache):
 /// trims it, walks its invariants and reads its stats.
-pub fn spanheap_is_empty() -> Result<(), Leak> {
-    SPANHEAP.trim();
-    SPANHEAP.check_invariants()?;
-    let s = SPANHEAP.stats();
+pub fn spanheap_is_empty<P: Platform>(heap: &SpanHeap<P>) -> Result<(), Leak> {
+    heap.trim();
+    heap.check_invariants()?;
+    let s = heap.stats();
     if !s.balances() {
         return Err("spanheap: stats do not balance");
     }
