@@ -107,6 +107,11 @@ pub(crate) trait Bench {
     /// The table, with no rows yet.
     fn table(&self, scale: &Scale) -> Table;
 
+    /// Runs per cell.
+    fn runs(&self, scale: &Scale) -> usize {
+        scale.runs
+    }
+
     /// Whether `which` takes part (process allocators have no region to measure).
     fn applies(&self, _which: Which) -> bool {
         true
@@ -140,6 +145,8 @@ impl<B: Bench> Visitor for Call<'_, B> {
 /// Runs every cell of `bench` for `subjects`; medians per cell.
 fn run_bench<B: Bench>(bench: &B, subjects: &[Which], scale: &Scale) -> Table {
     let mut table = bench.table(scale);
+    let run_count = bench.runs(scale);
+    table.runs = run_count;
     let started = Instant::now();
     let subjects: Vec<Which> = subjects
         .iter()
@@ -149,7 +156,7 @@ fn run_bench<B: Bench>(bench: &B, subjects: &[Which], scale: &Scale) -> Table {
     let mut cells: Vec<Vec<Option<Cell>>> = vec![Vec::new(); subjects.len()];
     for column in &table.columns {
         let mut runs: Vec<Vec<Measured>> = (0..subjects.len()).map(|_| Vec::new()).collect();
-        for run in 0..scale.runs {
+        for run in 0..run_count {
             for (i, &which) in subjects.iter().enumerate() {
                 let mut call = Call {
                     bench,

@@ -14,15 +14,16 @@
 //!   one object from the worker's own inbox if there is one. One object crosses per
 //!   hand-off, so the ring's head and tail lines move between the cores all the time:
 //!   the harness's own traffic is a large part of what this variant measures.
-//! - `Batch`: after every 1000 steps a worker passes its whole slot array to the next
-//!   worker through one atomic pointer (compare-exchange into the next worker's
-//!   mailbox, which holds at most one array) and continues with the array in its
-//!   own mailbox, as larson hands a thread's slots to its successor. About 63% of the
-//!   frees of a round then hit objects the other thread made, and the harness moves
-//!   one pointer per 1000 steps: the allocator's cross-thread free path is what is
-//!   measured. When its mailbox is empty (the other worker has not handed over yet)
-//!   a worker starts a new, empty array; when the next worker's mailbox is still
-//!   full it keeps its own.
+//! - `Batch`: after every 1000 steps a worker swaps its whole slot array with the
+//!   one in the team's depot (one atomic pointer: `swap`) and continues with what it
+//!   got, as larson hands a thread's slots to its successor. When the last deposit
+//!   was another worker's, the frees of the next round mostly hit that worker's
+//!   objects (about 63% of a round's frees); the harness moves one pointer per 1000
+//!   steps, so the allocator's cross-thread free path is what is measured. A worker
+//!   never waits: when no other worker came by since its own deposit it gets its own
+//!   array back (and the first swap of a run gets a new, empty array), so how many
+//!   frees cross depends on how much the threads overlap in time (the tables show
+//!   the share).
 //!
 //! With one thread the inbox and the mailbox are the worker's own, so a step does the
 //! same work at any thread count. Ops = allocator calls (allocs + frees).
@@ -51,29 +52,25 @@ pub(crate) enum Variant {
 /// A slot array in transit (made with `Box::into_raw`).
 type Slots = Box<[usize; SLOTS]>;
 
-/// The shared state of one team: an inbox and a mailbox per worker.
+/// The shared state of one team: an inbox per worker and the depot of slot arrays.
 pub(crate) struct Exchange {
     inboxes: Vec<Ring>,
-    mailboxes: Vec<Padded<AtomicPtr<[usize; SLOTS]>>>,
+    depot: Padded<AtomicPtr<[usize; SLOTS]>>,
 }
 
 impl Exchange {
     pub(crate) fn new(threads: usize) -> Self {
         Exchange {
             inboxes: (0..threads).map(|_| Ring::new(RING)).collect(),
-            mailboxes: (0..threads)
-                .map(|_| Padded(AtomicPtr::new(ptr::null_mut())))
-                .collect(),
+            depot: Padded(AtomicPtr::new(ptr::null_mut())),
         }
     }
 }
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        for m in &self.mailboxes {
-            let p = m.swap(ptr::null_mut(), Ordering::Acquire);
-            assert!(p.is_null(), "a mailbox still holds an array");
-        }
+        let p = self.depot.swap(ptr::null_mut(), Ordering::Acquire);
+        assert!(p.is_null(), "the depot still holds an array");
     }
 }
 
@@ -173,9 +170,9 @@ pub(crate) fn worker<A: GlobalAlloc>(
         // SAFETY: a live object another worker made and gave up.
         unsafe { w.free_object(received, &mut probe, 1) };
     }
-    let parked = ex.mailboxes[team.me].swap(ptr::null_mut(), Ordering::Acquire);
+    let parked = ex.depot.swap(ptr::null_mut(), Ordering::Acquire);
     if !parked.is_null() {
-        // SAFETY: made by `Box::into_raw` in `step`; the mailbox gave it up.
+        // SAFETY: made by `Box::into_raw` in `hand_off`; the depot gave it up.
         let parked = unsafe { Box::from_raw(parked) };
         w.free_slots(&parked[..]);
     }
@@ -216,7 +213,7 @@ impl<A: GlobalAlloc> Worker<'_, A> {
             Variant::Batch => {
                 slots[slot] = object;
                 if step % ROUND == ROUND - 1 {
-                    slots = hand_off(slots, ex, self.me, next);
+                    slots = hand_off(slots, ex);
                 }
             }
         }
@@ -224,25 +221,16 @@ impl<A: GlobalAlloc> Worker<'_, A> {
     }
 }
 
-/// Passes `slots` to worker `next` if its mailbox is free, and takes the array in
-/// our own mailbox (or a new empty one) in its place.
+/// Deposits `slots` and takes the array deposited before (or a new, empty one).
 #[cold]
 #[inline(never)]
-fn hand_off(slots: Slots, ex: &Exchange, me: usize, next: usize) -> Slots {
-    let raw = Box::into_raw(slots);
-    let target = &ex.mailboxes[next];
-    if target
-        .compare_exchange(ptr::null_mut(), raw, Ordering::Release, Ordering::Relaxed)
-        .is_err()
-    {
-        // SAFETY: made by `into_raw` just above and not published.
-        return unsafe { Box::from_raw(raw) };
-    }
-    let got = ex.mailboxes[me].swap(ptr::null_mut(), Ordering::Acquire);
+fn hand_off(slots: Slots, ex: &Exchange) -> Slots {
+    let got = ex.depot.swap(Box::into_raw(slots), Ordering::AcqRel);
     if got.is_null() {
         Box::new([0; SLOTS])
     } else {
-        // SAFETY: an array another worker (or we) published with `into_raw`.
+        // SAFETY: an array a worker deposited with `into_raw`; the swap gave it to us
+        // alone.
         unsafe { Box::from_raw(got) }
     }
 }

@@ -56,6 +56,12 @@ fn calibration() -> &'static Calibration {
     })
 }
 
+/// The cost of an empty probe in nanoseconds: latencies below it read as 0.
+pub(crate) fn resolution_ns() -> f64 {
+    let cal = calibration();
+    cal.empty as f64 / cal.per_ns
+}
+
 /// Which call a sample belongs to.
 #[derive(Clone, Copy)]
 pub(crate) enum Call {

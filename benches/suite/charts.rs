@@ -72,10 +72,11 @@ impl Bars<'_> {
         let (lo, hi) = all.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| {
             (lo.min(t(v)), hi.max(t(v)))
         });
+        // Headroom above the bars for the legend.
         let (y0, y1) = if self.log {
-            (lo.floor(), hi.ceil().max(lo.floor() + 1.0))
+            (lo.floor(), hi.ceil().max(lo.floor() + 1.0) + 1.0)
         } else {
-            (0.0, hi * 1.1)
+            (0.0, hi * 1.5)
         };
         let n = self.groups.len() as f64;
         let mut chart = ChartBuilder::on(&root)

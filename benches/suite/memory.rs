@@ -23,7 +23,7 @@ impl Efficiency {
     /// A run that has not failed by then is given up (linked_list_allocator's first
     /// fit over tens of thousands of holes).
     fn cap(scale: &Scale) -> Duration {
-        Duration::from_secs(if scale.quick { 2 } else { 20 })
+        Duration::from_secs(if scale.quick { 2 } else { 8 })
     }
 }
 
@@ -49,6 +49,11 @@ impl Bench for Efficiency {
 
     fn applies(&self, which: Which) -> bool {
         which.source() == Source::Region
+    }
+
+    /// No timing, so no noise: three seeds are enough.
+    fn runs(&self, scale: &Scale) -> usize {
+        scale.runs.min(3)
     }
 
     fn measure<A: Subject + Sync>(

@@ -87,6 +87,8 @@ pub(crate) struct Table {
     pub(crate) unit: Unit,
     pub(crate) columns: Vec<Column>,
     pub(crate) derived: Vec<Derived>,
+    /// Runs per cell.
+    pub(crate) runs: usize,
     /// What `Cell::cross` means in this table.
     pub(crate) cross_label: &'static str,
     pub(crate) rows: Vec<(Which, Vec<Option<Cell>>)>,
@@ -101,6 +103,7 @@ impl Table {
             unit,
             columns: Vec::new(),
             derived: Vec::new(),
+            runs: 0,
             cross_label: "Share of frees that hit another thread's object",
             rows: Vec::new(),
         }
@@ -175,19 +178,20 @@ impl Table {
         }
     }
 
-    fn unit_line(&self, runs: usize) -> String {
+    fn unit_line(&self) -> String {
+        let runs = self.runs;
         match self.unit {
             Unit::OpsPerSec => format!(
                 "Million allocator calls per second, median of {runs} run(s); in brackets the ratio to spanheap's figure (below 1: slower than spanheap)."
             ),
-            Unit::Percent => "Live bytes at the first failed request / region bytes (higher is better); in brackets the ratio to spanheap's figure.".into(),
+            Unit::Percent => format!("Live bytes at the first failed request / region bytes (higher is better), median of {runs} seed(s); in brackets the ratio to spanheap's figure."),
         }
     }
 
-    fn markdown(&self, out: &mut String, runs: usize) {
+    fn markdown(&self, out: &mut String) {
         let _ = writeln!(out, "### `{}`: {}\n", self.id, self.title);
         let _ = writeln!(out, "{}\n", self.about);
-        let _ = writeln!(out, "{}\n", self.unit_line(runs));
+        let _ = writeln!(out, "{}\n", self.unit_line());
         let mut head = "| allocator |".to_string();
         let mut rule = "|---|".to_string();
         for c in &self.columns {
@@ -268,7 +272,10 @@ impl Table {
         }
         let _ = writeln!(
             out,
-            "Latency of single calls, ns, p50 / p99 (every 64th call timed with the TSC), alloc; free:\n"
+            "Latency of single calls in ns, p50 / p99 of alloc; p50 / p99 of free (every 64th call timed \
+             with the TSC, less the cost of an empty probe; resolution about {:.0} ns, the TSC read's own \
+             cost here, so 0 means below that):\n",
+            crate::common::probe::resolution_ns()
         );
         let mut head = "| allocator |".to_string();
         let mut rule = "|---|".to_string();
@@ -760,7 +767,7 @@ impl Results {
         }
         let _ = writeln!(out, "## Workloads\n");
         for t in &self.tables {
-            t.markdown(&mut out, self.header.runs);
+            t.markdown(&mut out);
         }
         if let Some(m) = &self.metadata {
             m.markdown(&mut out);

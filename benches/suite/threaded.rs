@@ -42,11 +42,13 @@ impl Bench for Larson {
             Variant::Batch => (
                 "larson-batch",
                 "larson, whole slot arrays handed over",
-                "As `larson-local`, but every 1000 steps a thread passes its whole slot array to the \
-                 next thread through one atomic pointer and continues with the array the other thread \
-                 passed to it (larson hands a thread's slots to its successor): most frees of a round \
-                 hit the other thread's objects, and the harness moves one pointer per 1000 steps. \
-                 With one thread the array comes back to itself.",
+                "As `larson-local`, but every 1000 steps a thread swaps its whole slot array with \
+                 the one in the team's depot (one atomic pointer) and continues with what it got, \
+                 as larson hands a thread's slots to its successor: after a swap that brings the \
+                 other thread's array, most frees of the round hit that thread's objects, and the \
+                 harness moves one pointer per 1000 steps. Nobody waits: a thread that finds its \
+                 own array in the depot (the other did not come by) takes it back, so the share of \
+                 cross-thread frees (below the table) depends on how much the threads overlap.",
             ),
         };
         Table::new(id, title, about, Unit::OpsPerSec)
