@@ -197,7 +197,9 @@ impl<P: Platform> SpanHeap<P> {
         }
     }
 
-    /// Installs `hook`, called with every refused free (after it is counted).
+    /// Installs `hook`, called with every refused free (after it is counted), with no
+    /// heap lock held. Without a hook a refused free is only counted, or, in checked
+    /// mode (feature `checked`), panics with the error's message.
     pub fn set_error_hook(&self, hook: ErrorHook) {
         self.error_hook.store(hook as *mut (), Ordering::Release);
     }
@@ -207,12 +209,48 @@ impl<P: Platform> SpanHeap<P> {
     fn report(&self, error: FreeError) {
         self.bad_frees.fetch_add(1, Ordering::Relaxed);
         let hook = self.error_hook.load(Ordering::Acquire);
-        if !hook.is_null() {
+        if hook.is_null() {
+            // Checked mode's default hook: stop at the first bad free.
+            #[cfg(feature = "checked")]
+            panic!("spanheap: refused {error}");
+        } else {
             // SAFETY: a non-null value was stored by `set_error_hook` from an
             // `ErrorHook` function pointer (pointer-sized, provenance kept).
             let hook: ErrorHook = unsafe { core::mem::transmute::<*mut (), ErrorHook>(hook) };
             hook(&error);
         }
+    }
+
+    /// Checked mode: the object (or pooled stack) at `addr`, allocated in its span,
+    /// enters a CPU cache; `false` when it sits in one already. Without checked mode:
+    /// `true`, and no work.
+    #[inline(always)]
+    fn enter_cache(&self, addr: NonNull<u8>) -> bool {
+        #[cfg(feature = "checked")]
+        if let Some((_, span)) = self.span_of(addr.as_ptr() as usize) {
+            // SAFETY: a live span (the object in it is allocated).
+            let s = unsafe { span.as_ref() };
+            if let Some(index) = s.object_index(addr.as_ptr() as usize) {
+                return s.enter_cache(index);
+            }
+        }
+        let _ = addr;
+        true
+    }
+
+    /// Checked mode: the object (or pooled stack) at `addr` leaves the CPU cache it
+    /// sat in. Without checked mode: no work.
+    #[inline(always)]
+    fn leave_cache(&self, addr: NonNull<u8>) {
+        #[cfg(feature = "checked")]
+        if let Some((_, span)) = self.span_of(addr.as_ptr() as usize) {
+            // SAFETY: as in `enter_cache`.
+            let s = unsafe { span.as_ref() };
+            if let Some(index) = s.object_index(addr.as_ptr() as usize) {
+                s.leave_cache(index);
+            }
+        }
+        let _ = addr;
     }
 
     /// Reports the refused free of `addr`; `error` builds the report (so that callers
@@ -347,6 +385,8 @@ impl<P: Platform> SpanHeap<P> {
         if block != 0 && unsafe { tiny::retire(block) } {
             // SAFETY: a live 16-byte class object (not null), now empty and ours.
             let block = unsafe { NonNull::new_unchecked(block as *mut u8) };
+            let entered = self.enter_cache(block);
+            debug_assert!(entered, "a tiny block in use is in no cache");
             self.free_small_slow(TINY_BLOCK_CLASS, block);
         }
     }
@@ -367,6 +407,7 @@ impl<P: Platform> SpanHeap<P> {
             if let Some(cache) = self.cache(&pin) {
                 // SAFETY: pinned to the cache's CPU.
                 if let Some(object) = unsafe { cache.pop(class) } {
+                    self.leave_cache(object.addr());
                     bump(&cache.counters.allocs);
                     return Some(object);
                 }
@@ -395,6 +436,7 @@ impl<P: Platform> SpanHeap<P> {
         // of a thread that exited), or an interrupt handler may have freed into it.
         // SAFETY: pinned to the cache's CPU.
         if let Some(object) = unsafe { cache.pop(class) } {
+            self.leave_cache(object.addr());
             bump(&cache.counters.allocs);
             return Some(object);
         }
@@ -434,6 +476,8 @@ impl<P: Platform> SpanHeap<P> {
             let Some(object) = lists.take(class, &self.pages) else {
                 break;
             };
+            let entered = self.enter_cache(object.addr());
+            debug_assert!(entered, "an object fresh from its span is in no cache");
             // SAFETY: pinned to the cache's CPU (callers hold a `Pinned`); the object
             // is allocated in its span and ours.
             let pushed = unsafe { cache.push(class, object) };
@@ -450,6 +494,7 @@ impl<P: Platform> SpanHeap<P> {
         // SAFETY: pinned to the cache's CPU, or the CPU is offline (callers).
         unsafe {
             cache.take_oldest(class, n, |object| {
+                self.leave_cache(object.addr());
                 let addr = object.addr().as_ptr() as usize;
                 if let Err(error) = self.put_locked(&mut lists, class, addr) {
                     double = Some(error);
@@ -698,6 +743,10 @@ impl<P: Platform> SpanHeap<P> {
         if !s.is_allocated(index) {
             return self.refuse(addr, |ptr| FreeError::DoubleFree { ptr });
         }
+        // Checked mode: an object in a CPU cache is free already.
+        if !s.enter_cache(index) {
+            return self.refuse(addr, |ptr| FreeError::DoubleFree { ptr });
+        }
         let pin = Pinned::<P>::enter();
         if let Some(cache) = self.cache(&pin) {
             // SAFETY: pinned to the cache's CPU; the object is allocated, of `class`,
@@ -715,7 +764,8 @@ impl<P: Platform> SpanHeap<P> {
     /// The cache's stack is full (flush a batch, then push), or the CPU has no cache
     /// yet (create it and push there), or no index (give the object to the central).
     /// Pins again, so it may run on another CPU than the fast path did: it pushes
-    /// first and flushes only when that fails.
+    /// first and flushes only when that fails. In checked mode the object has entered
+    /// the cache state already ([`Span::enter_cache`]).
     #[cold]
     #[inline(never)]
     fn free_small_slow(&self, class: SizeClass, ptr: NonNull<u8>) {
@@ -725,6 +775,7 @@ impl<P: Platform> SpanHeap<P> {
             None => None,
         };
         let Some(cache) = cache else {
+            self.leave_cache(ptr);
             return self.put_small(class, ptr.as_ptr() as usize);
         };
         let object = Object::new(ptr, false);
@@ -752,7 +803,9 @@ impl<P: Platform> SpanHeap<P> {
     fn free_large(&self, arena: NonNull<Arena>, span: NonNull<Span>, addr: usize, layout: Layout) {
         // SAFETY: as in `deallocate`.
         let s = unsafe { span.as_ref() };
-        if s.kind != SpanKind::Large || s.base != addr {
+        let pages = layout.size().div_ceil(PAGE_SIZE).max(1);
+        let fits = s.pages as usize == pages && addr % layout.align() == 0;
+        if s.kind != SpanKind::Large || s.base != addr || !fits {
             return self.report_layout(addr, layout, s);
         }
         self.free_run(arena, span);
@@ -930,6 +983,7 @@ impl<P: Platform> SpanHeap<P> {
         if let Some(cache) = self.cache(&pin) {
             // SAFETY: pinned to the cache's CPU.
             if let Some(base) = unsafe { cache.pop_stack(order) } {
+                self.leave_cache(base);
                 return Some(Stack::new(base, size));
             }
         }
@@ -953,8 +1007,11 @@ impl<P: Platform> SpanHeap<P> {
                 let Some(more) = pool.take(order, &self.pages) else {
                     break;
                 };
+                let more = NonNull::new(more as *mut u8)?;
+                let entered = self.enter_cache(more);
+                debug_assert!(entered, "a stack fresh from its pool is in no cache");
                 // SAFETY: pinned to the cache's CPU; a free stack we now hold.
-                unsafe { cache.push_stack(order, NonNull::new(more as *mut u8)?) };
+                unsafe { cache.push_stack(order, more) };
             }
         }
         NonNull::new(first as *mut u8)
@@ -1013,7 +1070,8 @@ impl<P: Platform> SpanHeap<P> {
         };
         match s.object_index(addr) {
             None => return self.report(FreeError::Interior { ptr: addr }),
-            Some(index) if !s.is_allocated(index) => {
+            // Checked mode: a stack in a CPU's stack cache is free already.
+            Some(index) if !s.is_allocated(index) || !s.enter_cache(index) => {
                 return self.report(FreeError::DoubleFree { ptr: addr })
             }
             Some(_) => {}
@@ -1030,6 +1088,7 @@ impl<P: Platform> SpanHeap<P> {
             debug_assert!(pushed);
             return;
         }
+        self.leave_cache(base);
         let mut pool = self.stacks.pools[order].lock();
         let result = self.put_stack_locked(&mut pool, addr);
         drop(pool);
@@ -1050,6 +1109,7 @@ impl<P: Platform> SpanHeap<P> {
             let Some(base) = (unsafe { cache.pop_stack(order) }) else {
                 break;
             };
+            self.leave_cache(base);
             if let Err(e) = self.put_stack_locked(&mut pool, base.as_ptr() as usize) {
                 error = Some(e);
             }
@@ -1284,6 +1344,8 @@ impl<P: Platform> SpanHeap<P> {
         let mut pool_spans = [0usize; ORDERS];
         let mut allocated = [0usize; NUM_CLASSES];
         let mut spans = [0usize; NUM_CLASSES];
+        #[cfg(feature = "checked")]
+        let mut marked_cached = 0;
         for arena in pages.arenas() {
             arena.bitmap.check_invariants()?;
             let mut span_pages = 0;
@@ -1311,6 +1373,10 @@ impl<P: Platform> SpanHeap<P> {
                         }
                         let class = s.class.ok_or("span: a small span without a class")?;
                         allocated[class.index()] += s.allocated as usize;
+                        #[cfg(feature = "checked")]
+                        {
+                            marked_cached += s.cached_objects();
+                        }
                         spans[class.index()] += 1;
                     }
                     SpanKind::Stack => {
@@ -1319,6 +1385,10 @@ impl<P: Platform> SpanHeap<P> {
                         }
                         if let Some(order) = order_of(s.object_size as usize) {
                             pool_stacks[order] += s.allocated as usize;
+                            #[cfg(feature = "checked")]
+                            {
+                                marked_cached += s.cached_objects();
+                            }
                             pool_spans[order] += 1;
                         }
                     }
@@ -1353,6 +1423,19 @@ impl<P: Platform> SpanHeap<P> {
         }
         self.check_caches()?;
         self.check_page_caches(pages)?;
+        #[cfg(feature = "checked")]
+        {
+            let cached: usize = self
+                .caches()
+                .map(|(_, cache)| {
+                    let objects: usize = SizeClass::all().map(|class| cache.len(class)).sum();
+                    objects + (0..ORDERS).map(|order| cache.stacks(order)).sum::<usize>()
+                })
+                .sum();
+            if cached != marked_cached {
+                return Err("checked: objects marked cached differ from the caches' objects");
+            }
+        }
         for (order, pool) in locked.pools.iter().enumerate() {
             if pool.in_use != pool_stacks[order] || pool.spans != pool_spans[order] {
                 return Err("stack pool: counters differ from the spans in the span map");
@@ -1409,7 +1492,13 @@ impl<P: Platform> SpanHeap<P> {
                         return Err("cache: object in the stack of another class");
                     }
                     match s.object_index(addr) {
-                        Some(index) if s.is_allocated(index) => {}
+                        Some(index) if s.is_allocated(index) =>
+                        {
+                            #[cfg(feature = "checked")]
+                            if !s.is_cached(index) {
+                                return Err("checked: a cached object is not marked cached");
+                            }
+                        }
                         _ => return Err("cache: object free in its span, or not an object"),
                     }
                 }
@@ -1487,6 +1576,9 @@ mod tests {
             // SAFETY: the region is ours for the TestHeap's life.
             unsafe { heap.add_memory(MemoryRange::new(base as usize, base as usize + size)) }
                 .unwrap();
+            // The tests count refused frees in the stats; checked mode's default hook
+            // (a panic) has its own test.
+            heap.set_error_hook(|_| {});
             Self { heap, base, layout }
         }
     }
@@ -2075,6 +2167,78 @@ mod tests {
         assert_eq!(t.heap.alloc_stack(1 << 40), None, "larger than an arena");
     }
 
+    #[cfg(feature = "checked")]
+    #[test]
+    #[should_panic(expected = "spanheap: refused free of")]
+    fn checked_mode_panics_on_a_bad_free_without_a_hook() {
+        let t = TestHeap::new(4 << 20, 4 << 20);
+        let heap = SpanHeap::<HostThreads>::new();
+        let base = t.heap.alloc_pages(64, PAGE_SIZE).unwrap().as_ptr() as usize;
+        // SAFETY: the pages are ours (taken from `t`), mapped, used by nothing else.
+        unsafe { heap.add_memory(MemoryRange::new(base, base + 64 * PAGE_SIZE)) }.unwrap();
+        let l = layout(32, 8);
+        let p = heap.allocate(l).unwrap();
+        // SAFETY: the second free is the bug under test; it is refused.
+        unsafe {
+            heap.deallocate(p, l);
+            heap.deallocate(p, l);
+        }
+    }
+
+    #[cfg(feature = "checked")]
+    #[test]
+    fn checked_mode_catches_double_frees_in_caches_on_every_cpu() {
+        let t = TestHeap::new(8 << 20, 4 << 20);
+        let heap = &t.heap;
+        let l = layout(96, 8);
+        let objects: Vec<usize> = (0..200)
+            .map(|_| heap.allocate(l).unwrap().as_ptr() as usize)
+            .collect();
+        let stack = heap.alloc_stack(8192).unwrap().base().as_ptr() as usize;
+        let free_stack = || {
+            let base = NonNull::new(stack as *mut u8).unwrap();
+            // SAFETY: a stack of this heap, freed once on each thread: the second
+            // free is the bug under test.
+            unsafe { heap.free_stack(Stack::new(base, 8192)) };
+        };
+        let free_all = |objects: &[usize]| {
+            for &addr in objects {
+                // SAFETY: each object is freed once here and once more on the other
+                // CPU: the second free of each is the bug under test.
+                unsafe { heap.deallocate(NonNull::new(addr as *mut u8).unwrap(), l) };
+            }
+        };
+        // The first frees put the objects and the stack in a CPU cache; each second
+        // free, from another thread, is refused at the free (the object's bit in its
+        // span is still set: only its cached mark tells).
+        on_two_cpus(
+            || {
+                free_all(&objects);
+                free_stack();
+            },
+            || {},
+        );
+        on_two_cpus(
+            || {},
+            || {
+                free_all(&objects);
+                free_stack();
+            },
+        );
+        assert_eq!(heap.stats().bad_frees, objects.len() + 1);
+        heap.check_invariants().unwrap();
+        for cpu in 0..MAX_CPUS {
+            // SAFETY: the threads have exited.
+            unsafe { heap.drain_offline_cpu(cpu) };
+        }
+        let stats = heap.stats();
+        assert_eq!(
+            (stats.in_use_bytes, stats.bad_frees),
+            (0, objects.len() + 1)
+        );
+        heap.check_invariants().unwrap();
+    }
+
     #[test]
     fn a_double_free_inside_a_cache_is_refused_at_the_flush() {
         let t = TestHeap::new(8 << 20, 4 << 20);
@@ -2087,6 +2251,9 @@ mod tests {
             t.heap.deallocate(p, l);
             t.heap.deallocate(p, l);
         }
+        // Checked mode refuses it at the free itself.
+        let caught_at_once = usize::from(cfg!(feature = "checked"));
+        assert_eq!(t.heap.stats().bad_frees, caught_at_once);
         t.heap.drain_cpu();
         let stats = t.heap.stats();
         assert_eq!(stats.bad_frees, 1);

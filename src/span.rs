@@ -112,6 +112,12 @@ pub(crate) struct Span {
     /// only under the central lock (plain load and store, no read-modify-write);
     /// atomic so that a free on a CPU's fast path may read it without the lock.
     pub(crate) bits: [AtomicU64; BITMAP_WORDS],
+    /// Checked mode: bit `i` set while object `i` (allocated in `bits`) sits free in
+    /// some CPU's cache, so that a second free of it is caught at the free itself.
+    /// Objects of one span sit in several CPUs' caches, so these bits change by
+    /// atomic read-modify-write (checked mode only).
+    #[cfg(feature = "checked")]
+    cached: [AtomicU64; BITMAP_WORDS],
 }
 
 impl Span {
@@ -136,6 +142,8 @@ impl Span {
             alloc_cache: 0,
             links: Links::new(),
             bits: [const { AtomicU64::new(u64::MAX) }; BITMAP_WORDS],
+            #[cfg(feature = "checked")]
+            cached: [const { AtomicU64::new(0) }; BITMAP_WORDS],
         }
     }
 
@@ -296,6 +304,50 @@ impl Span {
 
     /// Returns object `index` to the span. The caller has checked that it is
     /// allocated.
+    /// Checked mode: records that the allocated object `index` enters a CPU cache;
+    /// `false` (and nothing changed) when it sits in one already: a double free.
+    /// Without checked mode: always `true`, and no work.
+    #[inline(always)]
+    pub(crate) fn enter_cache(&self, index: usize) -> bool {
+        #[cfg(feature = "checked")]
+        {
+            let bit = 1 << (index % 64);
+            let word = &self.cached[(index / 64) % BITMAP_WORDS];
+            word.fetch_or(bit, core::sync::atomic::Ordering::AcqRel) & bit == 0
+        }
+        #[cfg(not(feature = "checked"))]
+        {
+            let _ = index;
+            true
+        }
+    }
+
+    /// Checked mode: records that object `index` leaves the CPU cache it sat in (it
+    /// is handed out, or flushed).
+    #[cfg(feature = "checked")]
+    pub(crate) fn leave_cache(&self, index: usize) {
+        let bit = 1 << (index % 64);
+        let word = &self.cached[(index / 64) % BITMAP_WORDS];
+        let old = word.fetch_and(!bit, core::sync::atomic::Ordering::AcqRel);
+        debug_assert!(old & bit != 0, "an object left a cache it was not in");
+    }
+
+    /// Checked mode: `true` while object `index` sits in a CPU cache.
+    #[cfg(feature = "checked")]
+    pub(crate) fn is_cached(&self, index: usize) -> bool {
+        let word = self.cached[(index / 64) % BITMAP_WORDS].load(Relaxed);
+        word & (1 << (index % 64)) != 0
+    }
+
+    /// Checked mode: how many objects of the span sit in CPU caches.
+    #[cfg(feature = "checked")]
+    pub(crate) fn cached_objects(&self) -> usize {
+        self.cached
+            .iter()
+            .map(|word| word.load(Relaxed).count_ones() as usize)
+            .sum()
+    }
+
     pub(crate) fn put_object(&mut self, index: usize) {
         debug_assert!(self.is_allocated(index));
         let (word, bit) = (index / 64, index % 64);

@@ -478,6 +478,13 @@ fn coalesces_after_holes_refilled_with_small_objects() {
     let mut rng = rng(250);
     let large = Layout::from_size_align(256 << 10, PAGE).unwrap();
     let small = Layout::from_size_align(48, 16).unwrap();
+    // The CPU cache lives as long as the heap, and so does its descriptor: make it
+    // first, so that its slab page sits at the top of the arena and not in a hole
+    // (where it would split the free pages at the end whatever the heap does).
+    let warm = heap.allocate(small).unwrap();
+    // SAFETY: just allocated with `small`.
+    unsafe { heap.deallocate(warm, small) };
+    heap.trim();
 
     let mut larges = fill(&heap, large);
     let n = larges.0.len();
