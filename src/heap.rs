@@ -105,6 +105,26 @@ impl fmt::Display for FreeError {
 /// A function the heap calls with every refused free.
 pub type ErrorHook = fn(&FreeError);
 
+/// What an allocation that found no memory needs, for the out-of-memory hook: a run
+/// of `bytes` bytes aligned to `align` inside one arena window. A range added in a
+/// window that has no arena yet must hold that window's metadata too (see
+/// [`AddMemoryError::TooSmall`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfMemory {
+    /// Bytes of whole pages the heap needs.
+    pub bytes: usize,
+    /// Their alignment (a power of two, at least a page).
+    pub align: usize,
+}
+
+/// A function the heap calls when an allocation finds no memory even after giving
+/// back what the running CPU and the centrals hold. It may add memory
+/// ([`SpanHeap::add_memory`]) and returns `true` to make the heap try again.
+pub type OomHook = fn(&OutOfMemory) -> bool;
+
+/// How many times one allocation calls the out-of-memory hook at most.
+const OOM_RETRIES: usize = 8;
+
 /// The heap. Build it with [`SpanHeap::new`] in a `static`, give it memory with
 /// [`SpanHeap::add_memory`], and use it as the `#[global_allocator]`.
 ///
@@ -121,6 +141,7 @@ pub struct SpanHeap<P: Platform = Uncached> {
     stacks: StackPools,
     bad_frees: AtomicUsize,
     error_hook: AtomicPtr<()>,
+    oom_hook: AtomicPtr<()>,
     phys_offset: AtomicUsize,
     caches: [AtomicPtr<CpuCache>; MAX_CPUS],
     platform: PhantomData<fn() -> P>,
@@ -161,6 +182,7 @@ impl<P: Platform> SpanHeap<P> {
             stacks: StackPools::new(),
             bad_frees: AtomicUsize::new(0),
             error_hook: AtomicPtr::new(ptr::null_mut()),
+            oom_hook: AtomicPtr::new(ptr::null_mut()),
             phys_offset: AtomicUsize::new(NO_PHYS_OFFSET),
             caches: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CPUS],
             platform: PhantomData,
@@ -202,6 +224,28 @@ impl<P: Platform> SpanHeap<P> {
     /// mode (feature `checked`), panics with the error's message.
     pub fn set_error_hook(&self, hook: ErrorHook) {
         self.error_hook.store(hook as *mut (), Ordering::Release);
+    }
+
+    /// Installs `hook`, called when an allocation finds no memory (after the running
+    /// CPU's caches and the centrals' reserves went back to the page heap), up to 8
+    /// times for one allocation while it returns `true`. It is called with no heap
+    /// lock held, but inside the platform's critical section (interrupts off with
+    /// [`X86_64`](crate::platform::X86_64)): it may call [`SpanHeap::add_memory`] and
+    /// allocate from this heap, and must not wait for another CPU's heap call.
+    pub fn set_oom_hook(&self, hook: OomHook) {
+        self.oom_hook.store(hook as *mut (), Ordering::Release);
+    }
+
+    /// Calls the out-of-memory hook, if any; `true` when it asks for a retry.
+    fn call_oom_hook(&self, request: &OutOfMemory) -> bool {
+        let hook = self.oom_hook.load(Ordering::Acquire);
+        if hook.is_null() {
+            return false;
+        }
+        // SAFETY: a non-null value was stored by `set_oom_hook` from an `OomHook`
+        // function pointer (pointer-sized, provenance kept).
+        let hook: OomHook = unsafe { core::mem::transmute::<*mut (), OomHook>(hook) };
+        hook(request)
     }
 
     #[cold]
@@ -443,7 +487,7 @@ impl<P: Platform> SpanHeap<P> {
         let object = self.refill(cache, class).or_else(|| {
             // Out of memory: give back what this CPU holds, then the reserves.
             self.flush_all(cache);
-            self.retry_after_trim(|| self.refill(cache, class))
+            self.retry_after_trim(class.pages(), 1, || self.refill(cache, class))
         })?;
         bump(&cache.counters.allocs);
         Some(object)
@@ -531,16 +575,40 @@ impl<P: Platform> SpanHeap<P> {
         let central = &self.centrals[class.index()];
         // Bind the result so that the lock is released before the out-of-memory path.
         let object = central.lock().take(class, &self.pages);
-        object.or_else(|| self.retry_after_trim(|| central.lock().take(class, &self.pages)))
+        object.or_else(|| {
+            self.retry_after_trim(class.pages(), 1, || central.lock().take(class, &self.pages))
+        })
     }
 
-    /// Out of memory: give every central's reserve back to the page heap and try once
-    /// more. Called with no lock held.
+    /// Out of memory for a run of `pages` pages aligned to `align` pages: give this
+    /// CPU's caches and every central's reserve back to the page heap and try once
+    /// more, then as long as the out-of-memory hook adds memory. Called with no lock
+    /// held.
     #[cold]
     #[inline(never)]
-    fn retry_after_trim<T>(&self, attempt: impl FnOnce() -> Option<T>) -> Option<T> {
+    fn retry_after_trim<T>(
+        &self,
+        pages: usize,
+        align: usize,
+        mut attempt: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
         self.trim();
-        attempt()
+        if let Some(done) = attempt() {
+            return Some(done);
+        }
+        let request = OutOfMemory {
+            bytes: pages.saturating_mul(PAGE_SIZE),
+            align: align.saturating_mul(PAGE_SIZE),
+        };
+        for _ in 0..OOM_RETRIES {
+            if !self.call_oom_hook(&request) {
+                return None;
+            }
+            if let Some(done) = attempt() {
+                return Some(done);
+            }
+        }
+        None
     }
 
     #[cold]
@@ -627,7 +695,9 @@ impl<P: Platform> SpanHeap<P> {
     fn new_whole_span(&self, pages: usize, align: usize, kind: SpanKind) -> Option<NewSpan> {
         let new = self.pages.lock().new_whole_span(pages, align, kind);
         new.or_else(|| {
-            self.retry_after_trim(|| self.pages.lock().new_whole_span(pages, align, kind))
+            self.retry_after_trim(pages, align, || {
+                self.pages.lock().new_whole_span(pages, align, kind)
+            })
         })
     }
 
@@ -987,9 +1057,11 @@ impl<P: Platform> SpanHeap<P> {
                 return Some(Stack::new(base, size));
             }
         }
-        let base = self
-            .refill_stacks(order, &pin)
-            .or_else(|| self.retry_after_trim(|| self.refill_stacks(order, &pin)))?;
+        let base = self.refill_stacks(order, &pin).or_else(|| {
+            self.retry_after_trim(POOL_SPAN_PAGES, POOL_SPAN_PAGES, || {
+                self.refill_stacks(order, &pin)
+            })
+        })?;
         Some(Stack::new(base, size))
     }
 
@@ -2115,6 +2187,33 @@ mod tests {
     }
 
     #[test]
+    fn impossible_stacks_are_none_and_change_nothing() {
+        let t = TestHeap::new(4 << 20, 4 << 20);
+        let before = t.heap.stats();
+        for size in [
+            usize::MAX,
+            isize::MAX as usize,
+            1 << 40,
+            8 << 20,
+            (4 << 20) + 1,
+        ] {
+            assert!(t.heap.alloc_stack(size).is_none(), "alloc_stack({size:#x})");
+        }
+        let after = t.heap.stats();
+        assert_eq!(
+            (after.free_bytes, after.in_use_bytes),
+            (before.free_bytes, 0)
+        );
+        t.heap.check_invariants().unwrap();
+        let stack = t
+            .heap
+            .alloc_stack(64 << 10)
+            .expect("an ordinary stack still");
+        // SAFETY: a live stack, unused.
+        unsafe { t.heap.free_stack(stack) };
+    }
+
+    #[test]
     fn a_large_stack_freed_twice_is_refused_and_kept_once() {
         let t = TestHeap::new(8 << 20, 4 << 20);
         let (base, size) = t.heap.alloc_stack(128 << 10).unwrap().into_raw();
@@ -2165,6 +2264,63 @@ mod tests {
             "no power of two that large"
         );
         assert_eq!(t.heap.alloc_stack(1 << 40), None, "larger than an arena");
+    }
+
+    /// The heap of the out-of-memory hook test, the memory its hook adds once, and
+    /// what the hook saw.
+    static OOM_HEAP: AtomicPtr<SpanHeap<HostThreads>> = AtomicPtr::new(ptr::null_mut());
+    static OOM_RESERVE: AtomicUsize = AtomicUsize::new(0);
+    static OOM_CALLS: AtomicUsize = AtomicUsize::new(0);
+    static OOM_BYTES: AtomicUsize = AtomicUsize::new(0);
+    const RESERVE: usize = 8 << 20;
+
+    fn add_reserve(request: &OutOfMemory) -> bool {
+        OOM_CALLS.fetch_add(1, Ordering::Relaxed);
+        OOM_BYTES.fetch_max(request.bytes, Ordering::Relaxed);
+        let base = OOM_RESERVE.swap(0, Ordering::Relaxed);
+        // SAFETY: the test stored its live heap before installing the hook.
+        let heap = unsafe { &*OOM_HEAP.load(Ordering::Acquire) };
+        // SAFETY: the reserve is the test's memory, unused, and outlives the heap.
+        base != 0 && unsafe { heap.add_memory(MemoryRange::new(base, base + RESERVE)) }.is_ok()
+    }
+
+    #[test]
+    fn the_out_of_memory_hook_adds_memory_and_the_heap_retries() {
+        let reserve_layout = Layout::from_size_align(RESERVE, RESERVE).unwrap();
+        // SAFETY: a non-zero size; freed at the end, after the heap is gone.
+        let reserve = unsafe { alloc_zeroed(reserve_layout) };
+        assert!(!reserve.is_null());
+        {
+            let t = TestHeap::new(8 << 20, 8 << 20);
+            let heap = &t.heap;
+            OOM_HEAP.store(heap as *const _ as *mut _, Ordering::Release);
+            OOM_RESERVE.store(reserve as usize, Ordering::Relaxed);
+            heap.set_oom_hook(add_reserve);
+            let l = layout(1 << 20, 8);
+            let mut live = Vec::new();
+            while let Some(p) = heap.allocate(l) {
+                live.push(p);
+            }
+            // The first region holds at most 7 such objects (its metadata takes
+            // pages); the hook added the reserve once, then said no.
+            assert!(live.len() >= 12, "only {} objects", live.len());
+            assert_eq!(
+                OOM_CALLS.load(Ordering::Relaxed),
+                2,
+                "added once, then refused"
+            );
+            assert!(OOM_BYTES.load(Ordering::Relaxed) >= 1 << 20);
+            let stats = heap.stats();
+            assert_eq!(stats.managed_bytes, 16 << 20);
+            for p in live {
+                // SAFETY: live, allocated with `l`.
+                unsafe { heap.deallocate(p, l) };
+            }
+            assert_eq!(heap.stats().in_use_bytes, 0);
+            heap.check_invariants().unwrap();
+        }
+        // SAFETY: allocated above with this layout; the heap is gone.
+        unsafe { dealloc(reserve, reserve_layout) };
     }
 
     #[cfg(feature = "checked")]

@@ -62,7 +62,7 @@ mod stack;
 mod stats;
 mod tiny;
 
-pub use heap::{ErrorHook, FreeError, SpanHeap};
+pub use heap::{ErrorHook, FreeError, OomHook, OutOfMemory, SpanHeap};
 pub use page_heap::MAX_ARENAS;
 pub use range::{AddMemoryError, Config, InitialContents, MemoryRange};
 pub use stack::{Stack, MAX_POOLED_STACK_SIZE, MIN_STACK_SIZE};
