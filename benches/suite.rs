@@ -29,8 +29,8 @@
 //! - `metadata`: spanheap's metadata bytes over a 512 MiB region, from `stats()`.
 //!
 //! Ops = allocator calls (alloc, free, realloc) per second, median of the runs; the
-//! runs of one cell are interleaved across allocators (run r of each, then r + 1) so
-//! that a burst of noise on a shared machine hits them alike. p50/p99 latency is from
+//! runs are interleaved (run r of every cell of a table, then r + 1) so that a burst
+//! of noise on a shared machine hits all allocators and columns alike. p50/p99 latency is from
 //! every 64th call timed with the TSC (`common::probe`).
 //!
 //! ```text
@@ -153,10 +153,14 @@ fn run_bench<B: Bench>(bench: &B, subjects: &[Which], scale: &Scale) -> Table {
         .copied()
         .filter(|&w| bench.applies(w))
         .collect();
-    let mut cells: Vec<Vec<Option<Cell>>> = vec![Vec::new(); subjects.len()];
-    for column in &table.columns {
-        let mut runs: Vec<Vec<Measured>> = (0..subjects.len()).map(|_| Vec::new()).collect();
-        for run in 0..run_count {
+    // Round r measures every column of every allocator once, then round r + 1: a
+    // burst of noise on a shared machine hits all cells of the table alike (in
+    // particular the 1-thread and 2-thread columns that a scaling ratio divides).
+    let mut runs: Vec<Vec<Vec<Measured>>> = (0..subjects.len())
+        .map(|_| (0..table.columns.len()).map(|_| Vec::new()).collect())
+        .collect();
+    for run in 0..run_count {
+        for (c, column) in table.columns.iter().enumerate() {
             for (i, &which) in subjects.iter().enumerate() {
                 let mut call = Call {
                     bench,
@@ -164,14 +168,15 @@ fn run_bench<B: Bench>(bench: &B, subjects: &[Which], scale: &Scale) -> Table {
                     scale,
                     run,
                 };
-                runs[i].push(with_subject(which, &mut call));
+                runs[i][c].push(with_subject(which, &mut call));
             }
-        }
-        for (i, r) in runs.into_iter().enumerate() {
-            cells[i].push(Cell::of_runs(r));
         }
         eprint!(".");
     }
+    let cells: Vec<Vec<Option<Cell>>> = runs
+        .into_iter()
+        .map(|per_column| per_column.into_iter().map(Cell::of_runs).collect())
+        .collect();
     table.rows = subjects.into_iter().zip(cells).collect();
     eprintln!(" {} ({:.1} s)", table.id, started.elapsed().as_secs_f64());
     table
