@@ -42,6 +42,8 @@ use crate::platform::{Pinned, Platform, Uncached, MAX_CPUS};
 use crate::range::{AddMemoryError, Config, MemoryRange};
 use crate::size_class::{class_of, SizeClass, CLASS_GRANULE, NUM_CLASSES, PAGE_SIZE};
 use crate::span::{Span, SpanKind, SpanList};
+#[cfg(feature = "debug-fill")]
+use crate::span::{FREE_FILL, FRESH_FILL};
 use crate::stack::{
     order_of, order_size, stack_size, LargeStacks, PoolLists, Stack, StackPools, ORDERS,
     POOL_SPAN_PAGES, STACK_CACHE,
@@ -84,6 +86,15 @@ pub enum FreeError {
         /// The pointer given.
         ptr: usize,
     },
+    /// Feature `debug-fill`: a free object no longer held the free pattern when it was
+    /// handed out again: something wrote to it after it was freed. The object is
+    /// handed out anyway (the write already happened).
+    ModifiedAfterFree {
+        /// The object.
+        ptr: usize,
+        /// The first byte found changed, from the object's start.
+        offset: usize,
+    },
 }
 
 impl fmt::Display for FreeError {
@@ -98,6 +109,10 @@ impl fmt::Display for FreeError {
                 layout.align()
             ),
             FreeError::DoubleFree { ptr } => write!(f, "free of {ptr:#x}: already free"),
+            FreeError::ModifiedAfterFree { ptr, offset } => write!(
+                f,
+                "object {ptr:#x} written after it was freed (byte {offset} changed)"
+            ),
         }
     }
 }
@@ -431,6 +446,7 @@ impl<P: Platform> SpanHeap<P> {
             let block = unsafe { NonNull::new_unchecked(block as *mut u8) };
             let entered = self.enter_cache(block);
             debug_assert!(entered, "a tiny block in use is in no cache");
+            self.poison(block, TINY_BLOCK_CLASS.size());
             self.free_small_slow(TINY_BLOCK_CLASS, block);
         }
     }
@@ -453,13 +469,53 @@ impl<P: Platform> SpanHeap<P> {
                 if let Some(object) = unsafe { cache.pop(class) } {
                     self.leave_cache(object.addr());
                     bump(&cache.counters.allocs);
+                    self.handed_out(object, class);
                     return Some(object);
                 }
             }
         }
         // Out of the critical section so that the call is a tail call with nothing
         // to keep: the fast path then needs no stack frame.
+        #[cfg(feature = "debug-fill")]
+        return self
+            .alloc_small_slow(class)
+            .inspect(|&object| self.handed_out(object, class));
+        #[cfg(not(feature = "debug-fill"))]
         self.alloc_small_slow(class)
+    }
+
+    /// Feature `debug-fill`: the free object `object` of `class` is handed out: check
+    /// that it still holds [`FREE_FILL`](crate::FREE_FILL), report it if not, and fill
+    /// it with [`FRESH_FILL`](crate::FRESH_FILL). Otherwise no work.
+    #[inline(always)]
+    fn handed_out(&self, object: Object, class: SizeClass) {
+        #[cfg(feature = "debug-fill")]
+        self.check_free_fill(object.addr(), class.size());
+        let _ = (object, class);
+    }
+
+    #[cfg(feature = "debug-fill")]
+    #[cold]
+    fn check_free_fill(&self, addr: NonNull<u8>, size: usize) {
+        // SAFETY: a free object of `size` bytes that is ours now.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(addr.as_ptr(), size) };
+        if let Some(offset) = bytes.iter().position(|&b| b != FREE_FILL) {
+            let ptr = addr.as_ptr() as usize;
+            self.report(FreeError::ModifiedAfterFree { ptr, offset });
+        }
+        bytes.fill(FRESH_FILL);
+    }
+
+    /// Feature `debug-fill`: `size` bytes at `addr`, given up by their user, get
+    /// [`FREE_FILL`](crate::FREE_FILL). Otherwise no work.
+    #[inline(always)]
+    fn poison(&self, addr: NonNull<u8>, size: usize) {
+        #[cfg(feature = "debug-fill")]
+        // SAFETY: memory the heap took back (callers), `size` bytes.
+        unsafe {
+            ptr::write_bytes(addr.as_ptr(), FREE_FILL, size)
+        };
+        let _ = (addr, size);
     }
 
     /// The cache is empty, or missing: refill it (creating it first if this CPU has
@@ -626,6 +682,11 @@ impl<P: Platform> SpanHeap<P> {
         if zero && new.dirty {
             // SAFETY: the run is ours, `pages` pages from `base`.
             unsafe { ptr::write_bytes(base as *mut u8, 0, layout.size()) };
+        }
+        #[cfg(feature = "debug-fill")]
+        if !zero {
+            // SAFETY: as above.
+            unsafe { ptr::write_bytes(base as *mut u8, FRESH_FILL, layout.size()) };
         }
         NonNull::new(base as *mut u8)
     }
@@ -817,6 +878,7 @@ impl<P: Platform> SpanHeap<P> {
         if !s.enter_cache(index) {
             return self.refuse(addr, |ptr| FreeError::DoubleFree { ptr });
         }
+        self.poison(ptr, class.size());
         let pin = Pinned::<P>::enter();
         if let Some(cache) = self.cache(&pin) {
             // SAFETY: pinned to the cache's CPU; the object is allocated, of `class`,
@@ -878,6 +940,11 @@ impl<P: Platform> SpanHeap<P> {
         if s.kind != SpanKind::Large || s.base != addr || !fits {
             return self.report_layout(addr, layout, s);
         }
+        // SAFETY: `addr` is the span's non-null base.
+        self.poison(
+            unsafe { NonNull::new_unchecked(addr as *mut u8) },
+            layout.size(),
+        );
         self.free_run(arena, span);
     }
 
@@ -2184,6 +2251,55 @@ mod tests {
             "{stats}"
         );
         t.heap.check_invariants().unwrap();
+    }
+
+    #[cfg(feature = "debug-fill")]
+    static WRITTEN_AFTER_FREE: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+    #[cfg(feature = "debug-fill")]
+    #[test]
+    fn debug_fill_poisons_free_objects_and_reports_writes_after_free() {
+        use crate::span::{FREE_FILL, FRESH_FILL};
+        let t = TestHeap::new(4 << 20, 4 << 20);
+        let heap = &t.heap;
+        heap.set_error_hook(|error| {
+            if let FreeError::ModifiedAfterFree { offset, .. } = *error {
+                WRITTEN_AFTER_FREE.store(offset, Ordering::Relaxed);
+            }
+        });
+        let bytes = |p: NonNull<u8>, n: usize| {
+            // SAFETY: the test's own backing memory, `n` bytes from an object start.
+            unsafe { core::slice::from_raw_parts(p.as_ptr(), n) }.to_vec()
+        };
+        let l = layout(100, 8);
+        let p = heap.allocate(l).unwrap();
+        assert!(bytes(p, 100).iter().all(|&b| b == FRESH_FILL), "fresh fill");
+        // SAFETY: live, 100 bytes; then freed.
+        unsafe {
+            p.as_ptr().write_bytes(1, 100);
+            heap.deallocate(p, l);
+        }
+        assert!(bytes(p, 100).iter().all(|&b| b == FREE_FILL), "free fill");
+        // SAFETY: the bug under test: a write to the freed object (memory the test
+        // owns, so only the heap's view of it is wrong).
+        unsafe { p.as_ptr().add(37).write(0) };
+        let q = heap.allocate(l).unwrap();
+        assert_eq!(q, p, "the cache hands the newest object out first");
+        assert_eq!(WRITTEN_AFTER_FREE.load(Ordering::Relaxed), 37);
+        assert_eq!(heap.stats().bad_frees, 1, "counted with the refused frees");
+        let z = heap.allocate_zeroed(l).unwrap();
+        assert!(bytes(z, 100).iter().all(|&b| b == 0), "zeroed when asked");
+        let big = layout(100_000, 8);
+        let b = heap.allocate(big).unwrap();
+        assert!(bytes(b, 100_000).iter().all(|&x| x == FRESH_FILL));
+        // SAFETY: live blocks with these layouts.
+        unsafe {
+            heap.deallocate(b, big);
+            heap.deallocate(q, l);
+            heap.deallocate(z, l);
+        }
+        assert!(bytes(b, 100_000).iter().all(|&x| x == FREE_FILL));
+        heap.check_invariants().unwrap();
     }
 
     #[test]

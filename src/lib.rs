@@ -65,5 +65,6 @@ mod tiny;
 pub use heap::{ErrorHook, FreeError, OomHook, OutOfMemory, SpanHeap};
 pub use page_heap::MAX_ARENAS;
 pub use range::{AddMemoryError, Config, InitialContents, MemoryRange};
+pub use span::{FREE_FILL, FRESH_FILL};
 pub use stack::{Stack, MAX_POOLED_STACK_SIZE, MIN_STACK_SIZE};
 pub use stats::{ClassStats, CpuStats, Stats};

@@ -22,7 +22,7 @@
 use crate::arena::Arena;
 use crate::range::{AddMemoryError, Config, InitialContents, MemoryRange};
 use crate::size_class::{SizeClass, PAGE_SIZE};
-use crate::span::{Span, SpanKind};
+use crate::span::{Span, SpanKind, FREE_FILL};
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 
@@ -312,8 +312,20 @@ impl PageHeap {
     pub(crate) fn new_small_span(&mut self, class: SizeClass) -> Option<NonNull<Span>> {
         let pages = class.pages();
         let (arena, span, first) = self.take_run(pages, 1)?;
-        let zeroed = !arena.is_dirty(first, pages);
+        let mut zeroed = !arena.is_dirty(first, pages);
         arena.mark_dirty(first, pages);
+        if cfg!(feature = "debug-fill") {
+            // Every free object holds the free pattern, checked when handed out.
+            // SAFETY: the run is ours (just taken), `pages` pages from its start.
+            unsafe {
+                ptr::write_bytes(
+                    arena.addr_of(first) as *mut u8,
+                    FREE_FILL,
+                    pages * PAGE_SIZE,
+                )
+            };
+            zeroed = false;
+        }
         // SAFETY: a fresh descriptor slot owned by us; `write` initialises all of it.
         unsafe {
             span.as_ptr()

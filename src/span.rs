@@ -26,6 +26,13 @@ use bitflags::bitflags;
 use core::ptr;
 use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+/// Feature `debug-fill`: the byte every free small object holds (and a freed large
+/// object is filled with), checked when the object is handed out again.
+pub const FREE_FILL: u8 = 0xDF;
+/// Feature `debug-fill`: the byte fresh objects are filled with when handed out,
+/// unless zeroed memory was asked for.
+pub const FRESH_FILL: u8 = 0xD0;
+
 /// Words of the object bitmap: enough for the class with the most objects per span.
 pub(crate) const BITMAP_WORDS: usize = 8;
 

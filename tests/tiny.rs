@@ -31,6 +31,8 @@ fn heap(mib: usize, tiny_blocks: bool) -> (SpanHeap, Backing) {
     // SAFETY: the backing memory is ours and outlives the heap (dropped after it by
     // the callers, which hold the pair in this order).
     unsafe { heap.add_memory(MemoryRange::new(backing.start(), backing.end())) }.unwrap();
+    // Refused frees are counted in the stats (checked mode would panic without a hook).
+    heap.set_error_hook(|_| {});
     (heap, backing)
 }
 
