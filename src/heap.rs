@@ -1689,6 +1689,7 @@ unsafe impl<P: Platform> GlobalAlloc for SpanHeap<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::page_heap::MAX_ARENAS;
     use crate::platform::HostThreads;
     use crate::range::InitialContents;
     use std::alloc::{alloc_zeroed, dealloc};
@@ -2578,6 +2579,59 @@ mod tests {
         // SAFETY: refused before use.
         let r = unsafe { bad.add_memory(MemoryRange::new(base, base + 4096)) };
         assert_eq!(r, Err(AddMemoryError::BadConfig));
+    }
+
+    #[test]
+    fn ranges_are_trimmed_to_pages_and_arenas_are_bounded() {
+        let window = Config::MIN_ARENA_SIZE;
+        let size = (MAX_ARENAS + 2) * window;
+        let backing = Layout::from_size_align(size, window).unwrap();
+        // SAFETY: a non-zero size; freed at the end, after the heap is gone.
+        let base = unsafe { alloc_zeroed(backing) } as usize;
+        assert_ne!(base, 0);
+        {
+            let heap = SpanHeap::<HostThreads>::with_config(Config {
+                arena_size: window,
+                ..Config::DEFAULT
+            });
+            let add = |start, end| {
+                // SAFETY: parts of `backing`, each given at most once (refused ranges
+                // are not used).
+                unsafe { heap.add_memory(MemoryRange::new(start, end)) }
+            };
+            // Unaligned ends are trimmed to whole pages: 5 of the 7 pages touched.
+            add(base + 1, base + 7 * PAGE_SIZE - 1).unwrap();
+            let first = heap.stats().managed_bytes;
+            assert_eq!(first, 5 * PAGE_SIZE);
+            // A trimmed-off page is still free to add; the kept ones overlap.
+            add(base + 6 * PAGE_SIZE, base + 7 * PAGE_SIZE).unwrap();
+            assert!(matches!(
+                add(base + 3 * PAGE_SIZE, base + 9 * PAGE_SIZE),
+                Err(AddMemoryError::Overlap(_))
+            ));
+            // One arena per window, up to MAX_ARENAS; the next window is refused
+            // whole and the heap is unchanged.
+            for w in 1..MAX_ARENAS {
+                let start = base + w * window;
+                add(start, start + 16 * PAGE_SIZE).unwrap();
+            }
+            let before = heap.stats();
+            assert_eq!(before.arenas, MAX_ARENAS);
+            let next = base + MAX_ARENAS * window;
+            assert!(matches!(
+                add(next, next + 16 * PAGE_SIZE),
+                Err(AddMemoryError::TooManyArenas(_))
+            ));
+            assert_eq!(heap.stats(), before, "a refused range adds nothing");
+            heap.check_invariants().unwrap();
+            let p = heap
+                .allocate(layout(1000, 8))
+                .expect("the heap still serves");
+            // SAFETY: just allocated.
+            unsafe { heap.deallocate(p, layout(1000, 8)) };
+        }
+        // SAFETY: allocated above with this layout; the heap is gone.
+        unsafe { dealloc(base as *mut u8, backing) };
     }
 
     #[test]
