@@ -34,7 +34,14 @@ pub const MEMORY: &str = "1G";
 pub const DEFAULT_ALLOCS: [&str; 4] = ["spanheap", "talc", "lla", "floor"];
 /// Every allocator the kernel knows, in report order (`spanheap-gs` runs only when
 /// asked for with `allocs=`: spanheap with the CPU index through GS, for diagnosis).
-pub const ALLOCS: [&str; 5] = ["spanheap", "talc", "lla", "floor", "spanheap-gs"];
+pub const ALLOCS: [&str; 6] = [
+    "spanheap",
+    "talc",
+    "lla",
+    "floor",
+    "spanheap-gs",
+    "spanheap-percpu",
+];
 /// Workloads in report order.
 pub const WORKLOADS: [&str; 3] = ["pairs", "larson", "xfree"];
 

@@ -60,8 +60,8 @@ use spanheap::SpanHeap;
 use spanheap::{bootinfo, MemoryRange};
 use spin::Once;
 use subjects::{
-    GsIndex, Subject, FLOOR, LLA, MAX_BENCH_CPUS, REGIONS, REGION_ALIGN, REGION_SIZE, SPANHEAP,
-    SPANHEAP_GS, TALC,
+    GsIndex, Subject, FLOOR, LLA, MAX_BENCH_CPUS, PERCPU_HEAPS, REGIONS, REGION_ALIGN, REGION_SIZE,
+    SPANHEAP, SPANHEAP_GS, SPANHEAP_PERCPU, TALC,
 };
 use sync::{Barrier, CpuRecord};
 use workloads::{Cx, Tally};
@@ -118,16 +118,19 @@ pub enum Alloc {
     Floor,
     /// [`SPANHEAP_GS`] (run only when asked for).
     SpanheapGs,
+    /// [`SPANHEAP_PERCPU`] (run only when asked for).
+    SpanheapPercpu,
 }
 
 impl Alloc {
     /// Every subject, in report order.
-    pub const ALL: [Alloc; 5] = [
+    pub const ALL: [Alloc; 6] = [
         Alloc::Spanheap,
         Alloc::Talc,
         Alloc::Lla,
         Alloc::Floor,
         Alloc::SpanheapGs,
+        Alloc::SpanheapPercpu,
     ];
 
     /// The name in result lines.
@@ -138,6 +141,7 @@ impl Alloc {
             Alloc::Lla => "lla",
             Alloc::Floor => "floor",
             Alloc::SpanheapGs => "spanheap-gs",
+            Alloc::SpanheapPercpu => "spanheap-percpu",
         }
     }
 }
@@ -424,6 +428,17 @@ fn run_case(cpu: usize, cpus: usize, case: usize) {
             SPANHEAP_GS.drain_cpu();
             tally
         }
+        Alloc::SpanheapPercpu => {
+            assert!(
+                cpus <= PERCPU_HEAPS,
+                "spanheap-percpu serves {PERCPU_HEAPS} CPUs"
+            );
+            let tally = run_workload(workload, &SPANHEAP_PERCPU, &cx);
+            for heap in &SPANHEAP_PERCPU.0 {
+                heap.drain_cpu();
+            }
+            tally
+        }
     };
     record.allocs.store(tally.allocs, Ordering::Relaxed);
     record.frees.store(tally.frees, Ordering::Relaxed);
@@ -490,6 +505,10 @@ fn run_case_on_bsp(rep: usize, workload: Workload, alloc: Alloc, params: &Params
             print_cache_traffic(&SPANHEAP_GS, alloc, workload, cpus, &before);
             subjects::spanheap_is_empty(&SPANHEAP_GS)
         }
+        Alloc::SpanheapPercpu => SPANHEAP_PERCPU
+            .0
+            .iter()
+            .try_for_each(|heap| subjects::spanheap_is_empty(heap)),
         Alloc::Talc => subjects::talc_is_empty(),
         Alloc::Lla => subjects::lla_is_empty(),
         Alloc::Floor => {

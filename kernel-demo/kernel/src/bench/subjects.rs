@@ -12,6 +12,10 @@
 //!   instead of RDPID / RDTSCP, with the same interrupts-off critical section: what the
 //!   CPU-index instruction costs (QEMU's TCG has no RDPID, and runs RDTSCP as a
 //!   helper that reads the host clock);
+//! - `spanheap-percpu` (on request only, at most [`PERCPU_HEAPS`] CPUs): one private
+//!   `SpanHeap<GsIndex>` per CPU over a quarter of a region each, so that no two CPUs
+//!   share a central, a span or a cache line of metadata or objects (except in xfree,
+//!   where a CPU frees into the other's heap): spanheap's code without any sharing;
 //! - `floor`: not an allocator: per-CPU LIFO lists of power-of-two cells carved from a
 //!   per-CPU bump range, no lock, no coalescing, nothing shared. It costs the least any
 //!   allocator can and measures the harness (random draws, content stamps and checks,
@@ -42,12 +46,46 @@ pub const REGION_ALIGN: usize = 64 << 20;
 pub const MAX_BENCH_CPUS: usize = 16;
 
 /// Subjects with a region of their own.
-pub const REGIONS: usize = 5;
+pub const REGIONS: usize = 6;
+/// CPUs `spanheap-percpu` serves (one heap each).
+pub const PERCPU_HEAPS: usize = 4;
 
 /// The measured spanheap.
 pub static SPANHEAP: SpanHeap<X86_64> = SpanHeap::new();
 /// The measured spanheap with the CPU index through GS.
 pub static SPANHEAP_GS: SpanHeap<GsIndex> = SpanHeap::new();
+/// One private spanheap per CPU.
+pub static SPANHEAP_PERCPU: PerCpuHeaps = PerCpuHeaps([const { SpanHeap::new() }; PERCPU_HEAPS]);
+
+/// `spanheap-percpu`: CPU `i` allocates from heap `i` and frees to the heap that owns
+/// the object (found by address: each heap has a quarter of the region).
+pub struct PerCpuHeaps(pub [SpanHeap<GsIndex>; PERCPU_HEAPS]);
+
+/// The heaps' part of the region: each gets `share` bytes from `start`.
+static PERCPU_SPLIT: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(1)];
+
+impl PerCpuHeaps {
+    #[inline(always)]
+    fn owner(&self, ptr: *mut u8) -> &SpanHeap<GsIndex> {
+        let start = PERCPU_SPLIT[0].load(Ordering::Relaxed);
+        let share = PERCPU_SPLIT[1].load(Ordering::Relaxed);
+        &self.0[(ptr as usize - start) / share]
+    }
+}
+
+impl Subject for PerCpuHeaps {
+    #[inline(always)]
+    unsafe fn alloc(&self, cpu: usize, layout: Layout) -> *mut u8 {
+        // SAFETY: non-zero size (caller).
+        unsafe { GlobalAlloc::alloc(&self.0[cpu], layout) }
+    }
+
+    #[inline(always)]
+    unsafe fn free(&self, _cpu: usize, ptr: *mut u8, layout: Layout) {
+        // SAFETY: allocated with `layout` by the heap owning its address (caller).
+        unsafe { GlobalAlloc::dealloc(self.owner(ptr), ptr, layout) }
+    }
+}
 /// talc behind its spin lock.
 pub static TALC: TalcLocked = TalcLocked::new(talc::source::Manual);
 /// linked_list_allocator behind its spin lock.
@@ -292,14 +330,22 @@ impl Subject for Floor {
 }
 
 /// Gives each subject its region: `regions` are spanheap's, talc's, lla's, the
-/// floor's and spanheap-gs's, each [`REGION_SIZE`] bytes.
+/// floor's, spanheap-gs's and spanheap-percpu's, each [`REGION_SIZE`] bytes.
 ///
 /// # Safety
 ///
 /// The regions are mapped writable, disjoint, used by nothing else, and stay so; this
 /// runs once, before any CPU runs a case.
 pub unsafe fn init(regions: [MemoryRange; REGIONS], cpus: usize) {
-    let [span, talc, lla, floor, span_gs] = regions;
+    let [span, talc, lla, floor, span_gs, percpu] = regions;
+    let share = percpu.len() / PERCPU_HEAPS;
+    PERCPU_SPLIT[0].store(percpu.start, Ordering::Relaxed);
+    PERCPU_SPLIT[1].store(share, Ordering::Relaxed);
+    for (i, heap) in SPANHEAP_PERCPU.0.iter().enumerate() {
+        let part = MemoryRange::new(percpu.start + i * share, percpu.start + (i + 1) * share);
+        // SAFETY: a quarter of the region that is SPANHEAP_PERCPU's alone (caller).
+        unsafe { heap.add_memory(part) }.expect("spanheap-percpu takes its quarter");
+    }
     // SAFETY: the region is SPANHEAP's alone (caller).
     unsafe { SPANHEAP.add_memory(span) }.expect("spanheap takes its region");
     // SAFETY: as above, SPANHEAP_GS's alone.
