@@ -76,7 +76,7 @@ impl Bars<'_> {
         let (y0, y1) = if self.log {
             (lo.floor(), hi.ceil().max(lo.floor() + 1.0) + 1.0)
         } else {
-            (0.0, hi * 1.5)
+            (0.0, hi * 1.8)
         };
         let n = self.groups.len() as f64;
         let mut chart = ChartBuilder::on(&root)
