@@ -58,15 +58,6 @@ const REGION_ALIGN: usize = 64 << 20;
 const CHECK_EVERY: usize = 32;
 /// Blocks up to this size are filled and checked in full.
 const FULL_CHECK: usize = 1 << 20;
-/// Known library bugs the target steps around until they are fixed, each with its
-/// test in `tests/fuzz_regressions.rs`: set to `false` with the fix.
-///
-/// `reallocate` of a tiny object (1 to 7 bytes, aligned to at most 4) to 0 bytes
-/// keeps it in place, and the 0-byte layout then frees as a wrong layout.
-const BUG_TINY_REALLOC_TO_ZERO: bool = true;
-/// `reallocate` of a large object aligned beyond a page to 0 bytes resizes it in
-/// place to 0 pages: its page goes back to the page heap while the object is live.
-const BUG_LARGE_REALLOC_TO_ZERO_PAGES: bool = true;
 /// Bytes the fresh memory of a heap with unknown initial contents holds.
 const GARBAGE: u8 = 0xA5;
 
@@ -1137,14 +1128,6 @@ impl Run1 {
         let at = index % self.model.objects.len();
         let old = self.model.objects[at];
         let new_size = resize.get(old.layout.size());
-        if BUG_TINY_REALLOC_TO_ZERO && is_tiny(old.layout) && new_size == 0 {
-            return;
-        }
-        let large = |size| class_of(size, old.layout.align()).is_none();
-        if BUG_LARGE_REALLOC_TO_ZERO_PAGES && large(old.layout.size()) && large(0) && new_size == 0
-        {
-            return;
-        }
         let Ok(new_layout) = Layout::from_size_align(new_size, old.layout.align()) else {
             return;
         };
