@@ -8,6 +8,10 @@
 //! stacks, hot-adds of further parts of one pre-reserved host region (good and bad
 //! ranges), CPU switches, drains, trims and frees the heap must refuse.
 //!
+//! Built with `--features checked,debug-fill`, the same runs over the library's
+//! checked mode and poisoning (every refused free, a write after free included, goes
+//! to the target's hook and fails the run unless the action meant it).
+//!
 //! The platform is [`FuzzCpus`]: its CPU index is a thread-local the target sets,
 //! so one thread exercises many CPUs' caches, CPUs that claim their index only on a
 //! slow path, CPUs beyond `MAX_CPUS` and CPUs without an index.
