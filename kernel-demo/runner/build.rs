@@ -9,7 +9,8 @@
 //! The test kernels are built with the `release` profile (debug assertions and
 //! overflow checks on); the benchmark kernels ([`BENCH_KERNELS`]) with the kernel
 //! crate's `kbench` profile, release code without them, for the library and the peers
-//! alike.
+//! alike; the checked-mode kernels ([`CHECKED_KERNELS`]) with the kernel crate's
+//! `checked` feature, in `target/kernel-checked`.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,10 @@ use std::process::Command;
 
 /// Kernels built with the `kbench` profile instead of `release`.
 const BENCH_KERNELS: &[&str] = &["bench"];
+/// Kernels built with the kernel crate's `checked` feature (the library's checked
+/// mode), in a target directory of their own so that the other kernels' build stays
+/// as it is.
+const CHECKED_KERNELS: &[&str] = &["test_checked"];
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
@@ -36,12 +41,13 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets it"));
     // A relative CARGO_TARGET_DIR is taken from the workspace root, as cargo does
     // when run there; `join` keeps an absolute one as it is.
-    let target_dir = workspace
-        .join(env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()))
-        .join("kernel");
+    let target_root =
+        workspace.join(env::var_os("CARGO_TARGET_DIR").unwrap_or_else(|| "target".into()));
+    let target_dir = target_root.join("kernel");
+    let checked_dir = target_root.join("kernel-checked");
 
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let build_kernels = |profile_args: &[&str]| {
+    let build_kernels = |target_dir: &Path, profile_args: &[&str]| {
         let mut build = Command::new(&cargo);
         build
             .current_dir(&kernel_dir)
@@ -49,7 +55,7 @@ fn main() {
             .args(profile_args)
             .args(["--target", "x86_64-unknown-none"])
             .arg("--target-dir")
-            .arg(&target_dir);
+            .arg(target_dir);
         for var in [
             "RUSTFLAGS",
             "CARGO_ENCODED_RUSTFLAGS",
@@ -64,14 +70,22 @@ fn main() {
             .expect("could not start cargo to build the kernels");
         assert!(status.success(), "building the kernels failed ({status})");
     };
-    build_kernels(&["--bins", "--release"]);
+    build_kernels(&target_dir, &["--bins", "--release"]);
     let mut bench_args = vec!["--profile", "kbench"];
     for name in BENCH_KERNELS {
         bench_args.extend(["--bin", name]);
     }
-    build_kernels(&bench_args);
+    build_kernels(&target_dir, &bench_args);
+    let mut checked_args = vec!["--release", "--features", "checked"];
+    for name in CHECKED_KERNELS {
+        checked_args.extend(["--bin", name]);
+    }
+    build_kernels(&checked_dir, &checked_args);
 
     let bin_dir = |name: &str| {
+        if CHECKED_KERNELS.contains(&name) {
+            return checked_dir.join("x86_64-unknown-none/release");
+        }
         let profile = if BENCH_KERNELS.contains(&name) {
             "kbench"
         } else {
