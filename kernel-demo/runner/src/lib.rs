@@ -46,6 +46,9 @@ pub struct Options {
     pub echo: bool,
     /// Extra arguments appended to the QEMU command line.
     pub extra_args: Vec<String>,
+    /// Record, with every line the kernel prints, the CPU time QEMU's vCPU threads
+    /// have used so far ([`Run::stamps`]); names the threads (`-name ...,debug-threads=on`).
+    pub vcpu_times: bool,
 }
 
 impl Default for Options {
@@ -57,6 +60,7 @@ impl Default for Options {
             timeout: Duration::from_secs(300),
             echo: false,
             extra_args: Vec::new(),
+            vcpu_times: false,
         }
     }
 }
@@ -68,6 +72,10 @@ pub struct Run {
     pub output: String,
     /// Wall-clock time from QEMU's start to its exit.
     pub duration: Duration,
+    /// With [`Options::vcpu_times`]: each line of the serial output and the on-CPU time
+    /// (ns, all vCPU threads together, from `/proc/PID/task/*/schedstat`) when it
+    /// arrived. Empty otherwise.
+    pub stamps: Vec<(String, u64)>,
 }
 
 /// Why a kernel run did not succeed.
@@ -181,6 +189,9 @@ fn qemu_command(image: &std::path::Path, options: &Options) -> Command {
         .args(["-serial", "stdio", "-display", "none", "--no-reboot"])
         .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
         .args(["-cpu", "max"]);
+    if options.vcpu_times {
+        cmd.args(["-name", "spanheap,debug-threads=on"]);
+    }
     if options.icount {
         cmd.args(["-icount", "shift=0"]);
     } else if options.cpus > 1 {
@@ -208,17 +219,23 @@ pub fn run(name: &str, options: &Options) -> Result<Run, Failure> {
     let mut child = qemu_command(&image, options)
         .spawn()
         .map_err(Failure::Spawn)?;
-    let lines = stream_lines(&mut child, options.echo);
+    let lines = stream_lines(&mut child, options.echo, options.vcpu_times);
     let status = wait_with_timeout(&mut child, options.timeout);
     // The reader threads end when QEMU's pipes close, which has happened now.
+    let stamps = lines.stamps.clone();
     let output: String = lines.into_iter().map(|line| line + "\n").collect();
+    let stamps = stamps.lock().map(|s| s.clone()).unwrap_or_default();
     let duration = start.elapsed();
     match status {
         None => Err(Failure::Timeout {
             after: options.timeout,
             output,
         }),
-        Some(status) if status.code() == Some(SUCCESS_STATUS) => Ok(Run { output, duration }),
+        Some(status) if status.code() == Some(SUCCESS_STATUS) => Ok(Run {
+            output,
+            duration,
+            stamps,
+        }),
         Some(status) => Err(Failure::Exit { status, output }),
     }
 }
@@ -232,19 +249,47 @@ pub fn must_pass(name: &str, options: &Options) -> String {
     }
 }
 
+/// The on-CPU time (ns) of process `pid`'s vCPU threads (named `CPU n/TCG` or
+/// `CPU n/KVM` with `debug-threads=on`), summed.
+fn vcpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(|task| {
+            let dir = task.ok()?.path();
+            let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+            if !comm.starts_with("CPU ") {
+                return None;
+            }
+            let stat = std::fs::read_to_string(dir.join("schedstat")).ok()?;
+            stat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
 /// Collects the child's stdout (the serial console) and stderr line by line, echoing
-/// stdout live when asked. Returns a handle that yields all lines once both close.
-fn stream_lines(child: &mut Child, echo: bool) -> Lines {
+/// stdout live when asked, and stamping each stdout line with the vCPU threads' CPU
+/// time when asked. Returns a handle that yields all lines once both close.
+fn stream_lines(child: &mut Child, echo: bool, stamp: bool) -> Lines {
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().expect("stdout is piped");
     let stderr = child.stderr.take().expect("stderr is piped");
     let out_tx = tx.clone();
+    let pid = child.id();
+    let stamps = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let out_stamps = stamps.clone();
     let readers = vec![
         thread::spawn(move || {
             for line in BufReader::new(stdout).split(b'\n').map_while(Result::ok) {
                 let line = String::from_utf8_lossy(&line)
                     .trim_end_matches('\r')
                     .to_string();
+                if stamp {
+                    if let Ok(mut stamps) = out_stamps.lock() {
+                        stamps.push((line.clone(), vcpu_ns(pid)));
+                    }
+                }
                 if echo {
                     let mut out = std::io::stdout().lock();
                     let _ = writeln!(out, "{line}");
@@ -262,13 +307,19 @@ fn stream_lines(child: &mut Child, echo: bool) -> Lines {
             }
         }),
     ];
-    Lines { rx, readers }
+    Lines {
+        rx,
+        readers,
+        stamps,
+    }
 }
 
 /// The lines read from a QEMU process, available once its output has closed.
 struct Lines {
     rx: mpsc::Receiver<String>,
     readers: Vec<thread::JoinHandle<()>>,
+    /// Stdout lines with the vCPU threads' CPU time at their arrival (when asked).
+    stamps: std::sync::Arc<std::sync::Mutex<Vec<(String, u64)>>>,
 }
 
 impl IntoIterator for Lines {

@@ -29,6 +29,7 @@
 
 use super::subjects::{Subject, MAX_BENCH_CPUS};
 use super::sync::{rdtsc, Barrier, CpuRecord};
+use crate::println;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::alloc::Layout;
@@ -67,16 +68,25 @@ pub struct Cx<'a> {
 
 impl Cx<'_> {
     /// Meets the other CPUs, then starts this CPU's clock.
+    /// The bootstrap CPU first prints `bench: measure` (its set-up is done): the host
+    /// samples the vCPU threads' CPU time at the marker lines.
     fn start(&self) {
+        if self.cpu == 0 {
+            println!("bench: measure");
+        }
         self.barrier.wait(self.cpus);
         self.record.start.store(rdtsc(), Ordering::Relaxed);
     }
 
     /// Stops this CPU's clock, then waits for the other CPUs, running `idle` meanwhile.
+    /// The bootstrap CPU then prints `bench: measured`.
     fn stop(&self, idle: impl FnMut()) {
         self.record.end.store(rdtsc(), Ordering::Relaxed);
         self.record.ops.store(self.ops, Ordering::Relaxed);
         self.barrier.wait_with(self.cpus, idle);
+        if self.cpu == 0 {
+            println!("bench: measured");
+        }
     }
 }
 
