@@ -33,7 +33,8 @@
 //!   nothing else; no other call reports any;
 //! - after every action the stats balance and match the model (page runs, stacks,
 //!   large objects, objects per class; bounds for the two classes tiny blocks use);
-//!   every [`CHECK_EVERY`] actions and at the end `check_invariants()` holds;
+//!   every [`CHECK_EVERY`] actions (more for arenas above 16 MiB: the walk costs
+//!   O(window pages)), at `Check` actions and at the end `check_invariants()` holds;
 //! - at the end, after freeing everything, draining every CPU and trimming, every
 //!   page is back: nothing in use, cached or left in spans, and free pages plus
 //!   metadata (arena metadata, the CPU caches' pages and their descriptor slabs)
@@ -60,6 +61,9 @@ const REGION_SIZE: usize = 128 << 20;
 const REGION_ALIGN: usize = 64 << 20;
 /// `check_invariants()` runs after every this many actions.
 const CHECK_EVERY: usize = 32;
+/// Arenas up to this size are walked every [`CHECK_EVERY`] actions, larger ones
+/// proportionally less often.
+const CHECK_ARENA: usize = 16 << 20;
 /// Blocks up to this size are filled and checked in full.
 const FULL_CHECK: usize = 1 << 20;
 /// Bytes the fresh memory of a heap with unknown initial contents holds.
@@ -1519,7 +1523,8 @@ impl Run1 {
         }
         self.no_refusals("action");
         self.actions += 1;
-        if self.actions.is_multiple_of(CHECK_EVERY) {
+        let every = CHECK_EVERY * (self.arena_size() / CHECK_ARENA).max(1);
+        if self.actions.is_multiple_of(every) {
             self.check_all("periodic check");
         } else {
             self.check_stats("after action");
