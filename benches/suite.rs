@@ -35,6 +35,7 @@
 //!
 //! ```text
 //! cargo bench --bench suite                          # everything, writes bench-results/
+//!                                                     # (--only/--subjects: bench-results/tmp/partial)
 //! cargo bench --bench suite -- --quick               # smoke run (small budgets, 1 run)
 //! cargo bench --bench suite -- --only pairs,growth --subjects spanheap,talc --runs 3
 //! options: --quick  --out DIR  --runs N  --ms N (time per measurement)
@@ -279,9 +280,14 @@ fn parse_args() -> Options {
             }
         }),
     };
+    // Only a full run replaces the committed results; a quick or partial one (some
+    // workloads or allocators) writes under bench-results/tmp/ (gitignored).
+    let partial = only.is_some() || subjects.len() != Which::ALL.len();
     let out = out.unwrap_or_else(|| {
         PathBuf::from(if quick {
             "bench-results/tmp/quick"
+        } else if partial {
+            "bench-results/tmp/partial"
         } else {
             "bench-results"
         })
