@@ -2,9 +2,9 @@
 //! on every CPU QEMU provides, against spanheap, talc and linked_list_allocator, each
 //! over a region of its own of the same size ([`subjects`]), plus the harness floor.
 //!
-//! Set-up: the bootstrap CPU carves four aligned regions of
-//! [`REGION_SIZE`](subjects::REGION_SIZE) from the highest usable memory (so the
-//! machine needs about 1 GiB), gives the rest of the boot memory to the kernel's
+//! Set-up: the bootstrap CPU carves one aligned region of
+//! [`REGION_SIZE`](subjects::REGION_SIZE) per subject ([`REGIONS`]) from the highest
+//! usable memory (so the machine needs 1 GiB), gives the rest of the boot memory to the kernel's
 //! global heap, writes every page of the regions once (no first-touch cost is
 //! measured), hands the regions to the subjects and starts the APs. Every CPU loads
 //! the IDT and, unless `irq=off`, runs with interrupts enabled as a kernel does
@@ -25,7 +25,9 @@
 //! `tsc` runs from the first CPU's start to the last CPU's end, so the aggregate
 //! throughput is `ops / tsc`. Under `-icount shift=0` the TSC counts guest
 //! instructions: on one CPU `tsc / ops` is instructions per operation. Without icount
-//! the guest TSC under TCG is the host's TSC.
+//! the guest TSC under TCG is the host's TSC. The bootstrap CPU also prints
+//! `bench: measure` when its set-up is done and `bench: measured` when every CPU has
+//! stopped its clock, so that the host can sample its vCPU threads' CPU time there.
 //!
 //! Parameters come from the host through fw_cfg file `opt/spanheap/bench`, words of
 //! `key=value` (the runner's `kernel-bench` command sets them):
@@ -35,7 +37,8 @@
 //!   thousands of holes per call;
 //! - `reps=N` rounds of every case (default 1), interleaving the subjects;
 //! - `workloads=pairs,larson,xfree` (default all) and `allocs=spanheap,talc,lla,floor`
-//!   (the default; `spanheap-gs` runs only when named, see [`subjects`]);
+//!   (the default; the diagnostic subjects `spanheap-gs` and `spanheap-percpu` run only
+//!   when named, see [`subjects`]);
 //! - `irq=off` runs with interrupts disabled (for comparisons).
 //!
 //! The kernel ends with `bench: done cases=N` and the success exit code; a failed check
