@@ -3,7 +3,7 @@
 //! over a region of its own of the same size ([`subjects`]), plus the harness floor.
 //!
 //! Set-up: the bootstrap CPU carves one aligned region of
-//! [`REGION_SIZE`](subjects::REGION_SIZE) per subject ([`REGIONS`]) from the highest
+//! [`REGION_SIZE`] per subject ([`REGIONS`]) from the highest
 //! usable memory (so the machine needs 1 GiB), gives the rest of the boot memory to the kernel's
 //! global heap, writes every page of the regions once (no first-touch cost is
 //! measured), hands the regions to the subjects and starts the APs. Every CPU loads
@@ -46,7 +46,7 @@
 //!
 //! # Invariants
 //!
-//! - the case descriptor ([`CASE`], [`CASE_OPS`]) is written by the bootstrap CPU only
+//! - the case descriptor (`CASE`, `CASE_OPS`) is written by the bootstrap CPU only
 //!   before the barrier that starts a case and read by the others after it;
 //! - every CPU takes part in every case (the barriers count all CPUs).
 

@@ -22,7 +22,7 @@
 //!
 //! # Invariants
 //!
-//! - between [`Cx::start`] and [`Cx::stop`] a CPU runs exactly `cx.ops` operations;
+//! - between `Cx::start` and `Cx::stop` a CPU runs exactly `cx.ops` operations;
 //! - every object allocated in a case is freed in the same case (after `Cx::stop` each
 //!   CPU frees what it still holds; the xfree rings are empty when the case ends);
 //! - ring `i` has one producer, CPU `i - 1` (mod CPUs), and one consumer, CPU `i`.
