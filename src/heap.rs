@@ -1415,6 +1415,7 @@ impl<P: Platform> SpanHeap<P> {
             page_run_bytes: run_pages * PAGE_SIZE,
             free_bytes: pages.free_pages() * PAGE_SIZE,
             cached_bytes: page_cache_pages * PAGE_SIZE,
+            page_cache_bytes: page_cache_pages * PAGE_SIZE,
             ..Stats::default()
         };
         for arena in pages.arenas() {
@@ -1921,6 +1922,36 @@ mod tests {
         assert_eq!(end.cached_bytes, 0, "{end}");
         assert_eq!(end.free_bytes, start.free_bytes, "every page back: {end}");
         heap.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn short_runs_fill_the_whole_heap_again_after_exhaustion() {
+        let t = TestHeap::new(4 << 20, 4 << 20);
+        let l = layout(40_000, 8);
+        let fill = || {
+            let mut runs = Vec::new();
+            while let Some(p) = t.heap.allocate(l) {
+                runs.push(p);
+            }
+            runs
+        };
+        let first = fill();
+        assert!(first.len() > 80, "only {} runs of 10 pages in 4 MiB", first.len());
+        for p in &first {
+            // SAFETY: from allocate(l), freed once.
+            unsafe { t.heap.deallocate(*p, l) };
+        }
+        t.heap.check_invariants().unwrap();
+        let second = fill();
+        assert_eq!(second.len(), first.len(), "the same runs fit again");
+        for p in second {
+            // SAFETY: as above.
+            unsafe { t.heap.deallocate(p, l) };
+        }
+        t.heap.trim();
+        let stats = t.heap.stats();
+        assert_eq!((stats.in_use_bytes, stats.cached_bytes), (0, 0), "{stats}");
+        t.heap.check_invariants().unwrap();
     }
 
     #[test]

@@ -244,7 +244,8 @@ impl PageCache {
     /// Replaces the group with the one holding the first fit for `pages` pages
     /// aligned to `align`, and gives back the pending frees; `false` when the page
     /// heap has no such run, or its first fit crosses groups (the cache is then
-    /// unchanged but for the pending frees).
+    /// unchanged but for the pending frees), or no descriptor can be had outside the
+    /// new group (the cache then holds no group).
     ///
     /// # Safety
     ///
@@ -276,6 +277,15 @@ impl PageCache {
             count += 1;
         }
         self.descriptor_count.store(count, Relaxed);
+        if count == 0 {
+            // No page outside the group for a descriptor slab: a run from the group
+            // could not be described. Give the group back so that the page heap can
+            // take a slab page and the run from its pages.
+            heap.give_group(new);
+            self.arena.store(ptr::null_mut(), Relaxed);
+            self.free.store(0, Relaxed);
+            return false;
+        }
         true
     }
 

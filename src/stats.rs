@@ -97,8 +97,11 @@ pub struct Stats {
     /// Bytes of free pages in the page heap.
     pub free_bytes: usize,
     /// Bytes held by per-CPU caches, including each CPU's current 16-byte tiny block
-    /// (with the tiny objects still live in it).
+    /// (with the tiny objects still live in it) and the page caches' pages.
     pub cached_bytes: usize,
+    /// Of `cached_bytes`: pages the per-CPU page caches hold (free pages of each CPU's
+    /// group, and runs freed but not yet given back to the page heap).
+    pub page_cache_bytes: usize,
     /// Arenas.
     pub arenas: usize,
     /// CPUs with a cache.
@@ -124,6 +127,7 @@ impl Default for Stats {
             span_free_bytes: 0,
             free_bytes: 0,
             cached_bytes: 0,
+            page_cache_bytes: 0,
             arenas: 0,
             cpu_caches: 0,
             bad_frees: 0,
@@ -181,10 +185,12 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "  span free {} KiB, page heap free {} KiB, cached {} KiB, metadata {} KiB ({:.3}%)",
+            "  span free {} KiB, page heap free {} KiB, cached {} KiB ({} KiB of pages), \
+             metadata {} KiB ({:.3}%)",
             kib(self.span_free_bytes),
             kib(self.free_bytes),
             kib(self.cached_bytes),
+            kib(self.page_cache_bytes),
             kib(self.metadata_bytes),
             self.metadata_ratio() * 100.0
         )?;

@@ -646,7 +646,9 @@ fn impossible_requests_return_none() {
                 assert_eq!(heap.allocate_zeroed(layout), None, "{layout:?}");
             }
         }
-        let pages = heap.stats().free_bytes / PAGE;
+        // Free pages, and those the CPU's page cache holds (given back on demand).
+        let stats = heap.stats();
+        let pages = (stats.free_bytes + stats.cached_bytes) / PAGE;
         let counts = [
             pages + 1,
             1 << 20,
@@ -681,7 +683,12 @@ fn impossible_requests_return_none() {
         );
         let after = heap.assert_healthy("after the impossible requests");
         assert_eq!(after.in_use_bytes, with_block.in_use_bytes);
-        assert_eq!(after.free_bytes, with_block.free_bytes);
+        // A failed request loses no page; the trim before it may have given the
+        // caches' pages back.
+        assert!(
+            after.free_bytes >= with_block.free_bytes,
+            "after: {after}\nbefore: {with_block}"
+        );
         // SAFETY: live, with this layout.
         unsafe { heap.deallocate(kept, keep) };
         let end = heap.assert_empty("at the end");
