@@ -217,6 +217,13 @@ impl PageHeap {
         let window_pages = size / PAGE_SIZE;
         let meta_pages = Arena::metadata_pages_for(window_pages);
 
+        // A range over more windows than there can be arenas needs too many, however
+        // many it shares with arenas that exist: refused before the walk, which
+        // would take minutes for a range over most of the address space.
+        let windows = (end - 1) / size - start / size + 1;
+        if windows > MAX_ARENAS {
+            return Err(AddMemoryError::TooManyArenas(range));
+        }
         // Pass 1: check every window part.
         let mut new_arenas = 0;
         for (part_start, part_end) in window_parts(start, end, size) {
