@@ -40,6 +40,7 @@ use crate::list::{Links, List, Node};
 use crate::page_bitmap::PageBitmap;
 use crate::size_class::PAGE_SIZE;
 use crate::span::Span;
+use core::cell::UnsafeCell;
 use core::mem::size_of;
 use core::ptr::{self, NonNull};
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -47,15 +48,25 @@ use core::sync::atomic::{AtomicU32, Ordering};
 /// Bytes per span descriptor slot (descriptors are 16-aligned in their slabs).
 const DESCRIPTOR_BYTES: usize = size_of::<Span>().next_multiple_of(16);
 
-/// The metadata of one arena.
+/// The metadata of one arena. The header fields are written once, before the arena
+/// is published, and read without a lock by every CPU (a `&Arena` is shared freely);
+/// everything that changes lives in [`ArenaState`], behind the page heap's lock, so
+/// that no `&mut Arena` ever exists once other CPUs can see the arena.
 pub(crate) struct Arena {
     /// First address of the window.
     pub(crate) base: usize,
-    /// Page bitmap with summaries: 1 = in use or unavailable.
-    pub(crate) bitmap: PageBitmap,
+    /// Pages in the window.
+    pages: usize,
     span_map: NonNull<AtomicU32>,
     usable: NonNull<u64>,
     dirty: NonNull<u64>,
+    state: UnsafeCell<ArenaState>,
+}
+
+/// The part of an arena that changes: only under the page heap's lock.
+pub(crate) struct ArenaState {
+    /// Page bitmap with summaries: 1 = in use or unavailable.
+    pub(crate) bitmap: PageBitmap,
     /// Slabs with at least one free slot.
     open_slabs: List<Slab>,
     /// The lowest slab page placed in the slab zone (the zone grows down from the
@@ -70,6 +81,13 @@ pub(crate) struct Arena {
     /// Descriptors in use.
     pub(crate) descriptors: usize,
 }
+
+// SAFETY: the header is immutable after publication and the state is only reached
+// through `Arena::state` / `Arena::state_mut` under the page heap's lock; the span map
+// is atomic. So sharing `&Arena` between CPUs is sound.
+unsafe impl Sync for Arena {}
+// SAFETY: as above; an arena is plain memory of the heap.
+unsafe impl Send for Arena {}
 
 /// The parts of an arena's metadata block, as byte offsets from its start.
 struct MetadataLayout {
@@ -127,38 +145,68 @@ impl Arena {
             // SAFETY: `off` is inside the block, which starts at a non-null address.
             unsafe { NonNull::new_unchecked(block.add(off)) }
         };
+        debug_assert_eq!(bitmap.pages(), pages);
         let arena = Arena {
             base,
-            bitmap,
+            pages,
             span_map: offset(layout.span_map).cast(),
             usable: offset(layout.usable).cast(),
             dirty: offset(layout.dirty).cast(),
-            open_slabs: List::new(),
-            slab_floor: 0,
-            usable_top: 0,
-            managed_pages: 0,
-            metadata_pages: 0,
-            descriptors: 0,
+            state: UnsafeCell::new(ArenaState {
+                bitmap,
+                open_slabs: List::new(),
+                slab_floor: 0,
+                usable_top: 0,
+                managed_pages: 0,
+                metadata_pages: 0,
+                descriptors: 0,
+            }),
         };
         let header = block.cast::<Arena>();
         // SAFETY: the header is at the page-aligned start of the block, which is large
         // enough (MetadataLayout puts the span map after it).
         unsafe { header.write(arena) };
         // SAFETY: just written; non-null as `at` is a page of the window.
-        let mut arena = unsafe { NonNull::new_unchecked(header) };
+        let arena = unsafe { NonNull::new_unchecked(header) };
         let meta = Self::metadata_pages_for(pages);
-        // SAFETY: we hold the only reference to the new header.
-        let a = unsafe { arena.as_mut() };
+        // SAFETY: we hold the only reference to the new header, not yet published.
+        let a = unsafe { arena.as_ref() };
         let first = (at - base) / PAGE_SIZE;
         a.set_usable(first, meta);
-        a.managed_pages = meta;
-        a.metadata_pages = meta;
+        // SAFETY: as above: nobody else can reach the state.
+        let st = unsafe { a.state_mut() };
+        st.managed_pages = meta;
+        st.metadata_pages = meta;
         arena
+    }
+
+    /// The state, to read.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the page heap's lock (or has the arena alone) for as long as
+    /// the reference lives, and makes no `state_mut` meanwhile.
+    pub(crate) unsafe fn state(&self) -> &ArenaState {
+        // SAFETY: the state is only written under the page lock, which the caller
+        // holds.
+        unsafe { &*self.state.get() }
+    }
+
+    /// The state, to change.
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the page heap's lock (or has the arena alone) for as long as
+    /// the reference lives, and holds no other reference to the state meanwhile.
+    #[allow(clippy::mut_from_ref, reason = "the page lock makes the borrow unique")]
+    pub(crate) unsafe fn state_mut(&self) -> &mut ArenaState {
+        // SAFETY: exclusive by the caller's contract.
+        unsafe { &mut *self.state.get() }
     }
 
     /// Pages in the window.
     pub(crate) fn pages(&self) -> usize {
-        self.bitmap.pages()
+        self.pages
     }
 
     /// One past the last address of the window.
@@ -192,7 +240,7 @@ impl Arena {
             .any(|page| unsafe { *ptr.as_ptr().add(page / 64) } & (1 << (page % 64)) != 0)
     }
 
-    fn set_usable(&mut self, first: usize, n: usize) {
+    fn set_usable(&self, first: usize, n: usize) {
         Self::set_bits(self.usable, first, n);
     }
 
@@ -203,28 +251,44 @@ impl Arena {
 
     /// Adds the pages `[first, first + n)` of the window to the heap, free.
     /// `zeroed`: their contents are known to be zero.
-    pub(crate) fn add_pages(&mut self, first: usize, n: usize, zeroed: bool) {
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the page heap's lock.
+    pub(crate) unsafe fn add_pages(&self, first: usize, n: usize, zeroed: bool) {
         debug_assert!(!self.overlaps_usable(first, n));
         self.set_usable(first, n);
         if !zeroed {
             Self::set_bits(self.dirty, first, n);
         }
-        self.bitmap.free_range(first, n);
-        self.managed_pages += n;
-        if first + n > self.usable_top {
-            self.usable_top = first + n;
-            self.slab_floor = self.slab_floor.max(self.usable_top);
+        // SAFETY: the page lock is held (caller).
+        let st = unsafe { self.state_mut() };
+        st.bitmap.free_range(first, n);
+        st.managed_pages += n;
+        if first + n > st.usable_top {
+            st.usable_top = first + n;
+            st.slab_floor = st.slab_floor.max(st.usable_top);
         }
     }
 
     /// Takes `n` pages aligned to `align` pages, first fit by address.
-    pub(crate) fn alloc_pages(&mut self, n: usize, align: usize) -> Option<usize> {
-        self.bitmap.alloc(n, align)
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the page heap's lock.
+    pub(crate) unsafe fn alloc_pages(&self, n: usize, align: usize) -> Option<usize> {
+        // SAFETY: the page lock is held (caller).
+        unsafe { self.state_mut() }.bitmap.alloc(n, align)
     }
 
     /// Returns pages to the free pool.
-    pub(crate) fn free_pages(&mut self, first: usize, n: usize) {
-        self.bitmap.free_range(first, n);
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the page heap's lock.
+    pub(crate) unsafe fn free_pages(&self, first: usize, n: usize) {
+        // SAFETY: the page lock is held (caller).
+        unsafe { self.state_mut() }.bitmap.free_range(first, n);
     }
 
     /// `true` when any page of the run may hold non-zero bytes.
@@ -233,7 +297,7 @@ impl Arena {
     }
 
     /// Marks the pages dirty: they are about to be handed out.
-    pub(crate) fn mark_dirty(&mut self, first: usize, n: usize) {
+    pub(crate) fn mark_dirty(&self, first: usize, n: usize) {
         Self::set_bits(self.dirty, first, n);
     }
 
@@ -245,9 +309,9 @@ impl Arena {
     }
 
     /// Replaces the dirty bits of the 64-page group starting at page `group`.
-    pub(crate) fn set_dirty_group(&mut self, group: usize, bits: u64) {
+    pub(crate) fn set_dirty_group(&self, group: usize, bits: u64) {
         debug_assert!(group % 64 == 0 && group < self.pages());
-        // SAFETY: as in `dirty_group`; `&mut self` under the page heap's lock.
+        // SAFETY: as in `dirty_group`; written under the page heap's lock only.
         unsafe { *self.dirty.as_ptr().add(group / 64) = bits };
     }
 
@@ -293,15 +357,21 @@ impl Arena {
 
     /// A descriptor slot from the first slab with a free slot; takes a new slab page
     /// from this arena when none has one. `None` when the arena has no free page.
-    pub(crate) fn alloc_descriptor(&mut self) -> Option<NonNull<Span>> {
-        if self.open_slabs.len() == 0 {
-            let page = self.take_slab_page()?;
-            self.metadata_pages += 1;
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the page heap's lock.
+    pub(crate) unsafe fn alloc_descriptor(&self) -> Option<NonNull<Span>> {
+        // SAFETY: the page lock is held (caller).
+        let st = unsafe { self.state_mut() };
+        if st.open_slabs.len() == 0 {
+            let page = self.take_slab_page(st)?;
+            st.metadata_pages += 1;
             // SAFETY: the page was just taken from the bitmap: ours, unused, in the
             // window; the new slab is on no list.
-            unsafe { self.open_slabs.push(Slab::init(self.addr_of(page))) };
+            unsafe { st.open_slabs.push(Slab::init(self.addr_of(page))) };
         }
-        let slab = self.open_slabs.head();
+        let slab = st.open_slabs.head();
         // SAFETY: slabs on the open list are initialised slab pages of this arena with
         // a non-empty free list.
         let slot = unsafe {
@@ -309,11 +379,11 @@ impl Arena {
             (*slab).free = (*slot).links.next;
             (*slab).live += 1;
             if (*slab).free.is_null() {
-                self.open_slabs.remove(slab);
+                st.open_slabs.remove(slab);
             }
             slot
         };
-        self.descriptors += 1;
+        st.descriptors += 1;
         NonNull::new(slot)
     }
 
@@ -321,18 +391,18 @@ impl Arena {
     /// the top of the usable memory down to one word below the lowest slab page taken
     /// this way), else the first free page. The scan is bounded by the zone, which
     /// holds one page per 31 descriptors.
-    fn take_slab_page(&mut self) -> Option<usize> {
-        let bottom = self.slab_floor.saturating_sub(64);
-        let page = (bottom..self.usable_top)
+    fn take_slab_page(&self, st: &mut ArenaState) -> Option<usize> {
+        let bottom = st.slab_floor.saturating_sub(64);
+        let page = (bottom..st.usable_top)
             .rev()
-            .find(|&p| self.bitmap.is_free(p));
+            .find(|&p| st.bitmap.is_free(p));
         match page {
             Some(page) => {
-                self.bitmap.alloc_range(page, 1);
-                self.slab_floor = self.slab_floor.min(page);
+                st.bitmap.alloc_range(page, 1);
+                st.slab_floor = st.slab_floor.min(page);
                 Some(page)
             }
-            None => self.bitmap.alloc(1, 1),
+            None => st.bitmap.alloc(1, 1),
         }
     }
 
@@ -342,10 +412,12 @@ impl Arena {
     /// # Safety
     ///
     /// `span` came from this arena's [`Arena::alloc_descriptor`], is not on any list
-    /// and is not recorded in the span map.
-    pub(crate) unsafe fn free_descriptor(&mut self, span: NonNull<Span>) {
+    /// and is not recorded in the span map; the caller holds the page heap's lock.
+    pub(crate) unsafe fn free_descriptor(&self, span: NonNull<Span>) {
         let slab = (span.as_ptr() as usize & !(PAGE_SIZE - 1)) as *mut Slab;
-        self.descriptors -= 1;
+        // SAFETY: the page lock is held (caller).
+        let st = unsafe { self.state_mut() };
+        st.descriptors -= 1;
         // SAFETY: descriptors live in slab pages whose first slot is the header; the
         // slot is ours to link (caller).
         let (was_full, live) = unsafe {
@@ -357,18 +429,18 @@ impl Arena {
         };
         if was_full {
             // SAFETY: a full slab is on no list.
-            unsafe { self.open_slabs.push(slab) };
+            unsafe { st.open_slabs.push(slab) };
         }
         if live == 0 {
             // SAFETY: a slab with a free slot is on the open list.
-            unsafe { self.open_slabs.remove(slab) };
+            unsafe { st.open_slabs.remove(slab) };
             let page = self.page_of(slab as usize);
-            self.bitmap.free_range(page, 1);
-            self.metadata_pages -= 1;
-            if page == self.slab_floor {
+            st.bitmap.free_range(page, 1);
+            st.metadata_pages -= 1;
+            if page == st.slab_floor {
                 // Raise the floor over the free pages the zone's slabs left.
-                while self.slab_floor < self.usable_top && self.bitmap.is_free(self.slab_floor) {
-                    self.slab_floor += 1;
+                while st.slab_floor < st.usable_top && st.bitmap.is_free(st.slab_floor) {
+                    st.slab_floor += 1;
                 }
             }
         }

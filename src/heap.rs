@@ -1419,9 +1419,11 @@ impl<P: Platform> SpanHeap<P> {
             ..Stats::default()
         };
         for arena in pages.arenas() {
+            // SAFETY: every lock is held (`locked`).
+            let st = unsafe { arena.state() };
             stats.arenas += 1;
-            stats.managed_bytes += arena.managed_pages * PAGE_SIZE;
-            stats.metadata_bytes += arena.metadata_pages * PAGE_SIZE;
+            stats.managed_bytes += st.managed_pages * PAGE_SIZE;
+            stats.metadata_bytes += st.metadata_pages * PAGE_SIZE;
         }
         stats.metadata_bytes += pages.cache_pages * PAGE_SIZE;
         stats.cpu_caches = self.caches().count();
@@ -1487,7 +1489,9 @@ impl<P: Platform> SpanHeap<P> {
         #[cfg(feature = "checked")]
         let mut marked_cached = 0;
         for arena in pages.arenas() {
-            arena.bitmap.check_invariants()?;
+            // SAFETY: every lock is held (`locked`).
+            let st = unsafe { arena.state() };
+            st.bitmap.check_invariants()?;
             let mut span_pages = 0;
             let mut page = 0;
             while page < arena.pages() {
@@ -1502,7 +1506,7 @@ impl<P: Platform> SpanHeap<P> {
                     return Err("span map: entry does not start its span");
                 }
                 let n = s.pages as usize;
-                if (page..page + n).any(|p| arena.bitmap.is_free(p)) {
+                if (page..page + n).any(|p| st.bitmap.is_free(p)) {
                     return Err("span map: a live span's page is free in the bitmap");
                 }
                 s.check()?;
@@ -1547,8 +1551,7 @@ impl<P: Platform> SpanHeap<P> {
                 // SAFETY: the caller of `check_invariants` keeps other CPUs idle.
                 .map(|(_, cache)| unsafe { cache.pages.pages_in(a) })
                 .sum();
-            if arena.bitmap.free_pages() + span_pages + arena.metadata_pages + cached
-                != arena.managed_pages
+            if st.bitmap.free_pages() + span_pages + st.metadata_pages + cached != st.managed_pages
             {
                 return Err(
                     "arena: free + span + metadata + page-cache pages differ from managed pages",
@@ -1598,8 +1601,10 @@ impl<P: Platform> SpanHeap<P> {
                 .arenas()
                 .find(|a| core::ptr::eq(*a, arena))
                 .ok_or("page cache: group in no arena")?;
+            // SAFETY: the page heap is locked (`pages`).
+            let st = unsafe { arena.state() };
             for page in held {
-                if arena.bitmap.is_free(page) {
+                if st.bitmap.is_free(page) {
                     return Err("page cache: a held page is free in the page heap");
                 }
                 let span = arena.span_at(page);

@@ -252,7 +252,7 @@ impl PageHeap {
         for (part_start, part_end) in window_parts(start, end, size) {
             let window = part_start / size;
             let mut first = part_start;
-            let mut arena = match index.get(window) {
+            let arena = match index.get(window) {
                 Some(arena) => arena,
                 None => {
                     // SAFETY: pass 1 checked the part holds the metadata plus a page,
@@ -265,8 +265,10 @@ impl PageHeap {
                 }
             };
             // SAFETY: a live arena, and we hold the page lock.
-            let arena = unsafe { arena.as_mut() };
-            arena.add_pages(arena.page_of(first), (part_end - first) / PAGE_SIZE, zeroed);
+            unsafe {
+                let arena = arena.as_ref();
+                arena.add_pages(arena.page_of(first), (part_end - first) / PAGE_SIZE, zeroed);
+            }
         }
         Ok(())
     }
@@ -287,26 +289,25 @@ impl PageHeap {
     /// Takes a run of `pages` pages aligned to `align` pages (first fit by address)
     /// and a descriptor for it from the same arena. The descriptor is uninitialised
     /// beyond what the caller sets; the caller records it in the span map.
-    fn take_run(
-        &mut self,
-        pages: usize,
-        align: usize,
-    ) -> Option<(&mut Arena, NonNull<Span>, usize)> {
+    fn take_run(&mut self, pages: usize, align: usize) -> Option<(&Arena, NonNull<Span>, usize)> {
         for &arena in &self.arenas[..self.count] {
             // SAFETY: live arena; the page lock is held (we have &mut self).
-            let arena = unsafe { &mut *arena };
+            let arena = unsafe { &*arena };
             if pages > arena.pages() {
                 continue;
             }
-            if arena.bitmap.root().max() < pages {
+            // SAFETY: the page lock is held (we have &mut self).
+            if unsafe { arena.state() }.bitmap.root().max() < pages {
                 continue;
             }
             // The descriptor first: a new slab page then sits below the run instead of
             // right after it, where it would stop the run from growing in place.
-            let Some(span) = arena.alloc_descriptor() else {
+            // SAFETY: as above.
+            let Some(span) = (unsafe { arena.alloc_descriptor() }) else {
                 continue;
             };
-            match arena.alloc_pages(pages, align) {
+            // SAFETY: as above.
+            match unsafe { arena.alloc_pages(pages, align) } {
                 Some(first) => return Some((arena, span, first)),
                 // SAFETY: the slot was just taken and is used by nothing.
                 None => unsafe { arena.free_descriptor(span) },
@@ -425,9 +426,9 @@ impl PageHeap {
     /// # Safety
     ///
     /// As for [`PageHeap::free_span`].
-    pub(crate) unsafe fn release_span(&mut self, mut arena: NonNull<Arena>, span: NonNull<Span>) {
+    pub(crate) unsafe fn release_span(&mut self, arena: NonNull<Arena>, span: NonNull<Span>) {
         // SAFETY: live arena and span (caller); the page lock is held.
-        let (arena, s) = unsafe { (arena.as_mut(), span.as_ref()) };
+        let (arena, s) = unsafe { (arena.as_ref(), span.as_ref()) };
         let first = arena.page_of(s.base);
         let pages = s.pages as usize;
         let mapped = match s.kind {
@@ -435,7 +436,8 @@ impl PageHeap {
             SpanKind::Large | SpanKind::Pages | SpanKind::Cache => 1,
         };
         arena.set_span(first, mapped, ptr::null_mut());
-        arena.free_pages(first, pages);
+        // SAFETY: the page lock is held (we have &mut self).
+        unsafe { arena.free_pages(first, pages) };
         // SAFETY: the descriptor came from this arena, is on no list (caller) and no
         // longer in the span map (cleared above).
         unsafe { arena.free_descriptor(span) };
@@ -452,15 +454,17 @@ impl PageHeap {
     pub(crate) fn take_group(&mut self, pages: usize, align: usize) -> Option<Group> {
         for &arena in &self.arenas[..self.count] {
             // SAFETY: live arena; the page lock is held (we have &mut self).
-            let a = unsafe { &mut *arena };
-            let Some(first) = a.bitmap.find(pages, align) else {
+            let a = unsafe { &*arena };
+            // SAFETY: the page lock is held (we have &mut self).
+            let st = unsafe { a.state_mut() };
+            let Some(first) = st.bitmap.find(pages, align) else {
                 continue;
             };
             let group = first - first % 64;
             if first + pages > group + 64 {
                 return None;
             }
-            let free = a.bitmap.take_group(group);
+            let free = st.bitmap.take_group(group);
             let dirty = a.dirty_group(group);
             a.set_dirty_group(group, dirty | free);
             return Some(Group {
@@ -476,22 +480,25 @@ impl PageHeap {
 
     /// Gives back the pages a page cache holds of `group`, with their exact dirty
     /// bits.
-    pub(crate) fn give_group(&mut self, mut group: Group) {
+    pub(crate) fn give_group(&mut self, group: Group) {
         // SAFETY: a group's arena is a live arena of this heap; the page lock is held.
-        let a = unsafe { group.arena.as_mut() };
+        let a = unsafe { group.arena.as_ref() };
         let dirty = a.dirty_group(group.first);
         a.set_dirty_group(
             group.first,
             (dirty & !group.free) | (group.dirty & group.free),
         );
-        a.bitmap.give_group(group.first, group.free);
+        // SAFETY: as above.
+        unsafe { a.state_mut() }
+            .bitmap
+            .give_group(group.first, group.free);
     }
 
     /// A descriptor slot of `arena` for a page cache; `None` when the arena has no
     /// page for a new slab.
-    pub(crate) fn take_descriptor(&mut self, mut arena: NonNull<Arena>) -> Option<NonNull<Span>> {
+    pub(crate) fn take_descriptor(&mut self, arena: NonNull<Arena>) -> Option<NonNull<Span>> {
         // SAFETY: a live arena of this heap (caller's group); the page lock is held.
-        unsafe { arena.as_mut() }.alloc_descriptor()
+        unsafe { arena.as_ref().alloc_descriptor() }
     }
 
     /// Returns a descriptor slot a page cache held.
@@ -499,13 +506,9 @@ impl PageHeap {
     /// # Safety
     ///
     /// `span` came from [`PageHeap::take_descriptor`] for `arena` and is not in use.
-    pub(crate) unsafe fn give_descriptor(
-        &mut self,
-        mut arena: NonNull<Arena>,
-        span: NonNull<Span>,
-    ) {
+    pub(crate) unsafe fn give_descriptor(&mut self, arena: NonNull<Arena>, span: NonNull<Span>) {
         // SAFETY: live arena (caller), the page lock is held; the slot is unused.
-        unsafe { arena.as_mut().free_descriptor(span) };
+        unsafe { arena.as_ref().free_descriptor(span) };
     }
 
     /// Resizes a large span in place to `new_pages` pages: shrinking frees the tail;
@@ -517,24 +520,26 @@ impl PageHeap {
     /// `span` is a live large span of `arena`.
     pub(crate) unsafe fn resize_large(
         &mut self,
-        mut arena: NonNull<Arena>,
+        arena: NonNull<Arena>,
         mut span: NonNull<Span>,
         new_pages: usize,
     ) -> Option<bool> {
         // SAFETY: live arena and span (caller), under the page lock.
-        let (arena, s) = unsafe { (arena.as_mut(), span.as_mut()) };
+        let (arena, s) = unsafe { (arena.as_ref(), span.as_mut()) };
+        // SAFETY: the page lock is held (we have &mut self).
+        let st = unsafe { arena.state_mut() };
         let first = arena.page_of(s.base);
         let old = s.pages as usize;
         let dirty = if new_pages <= old {
-            arena.free_pages(first + new_pages, old - new_pages);
+            st.bitmap.free_range(first + new_pages, old - new_pages);
             false
         } else {
             let extra = new_pages - old;
             let tail = first + old;
-            if tail + extra > arena.pages() || arena.bitmap.free_run_from(tail, extra) < extra {
+            if tail + extra > arena.pages() || st.bitmap.free_run_from(tail, extra) < extra {
                 return None;
             }
-            arena.bitmap.alloc_range(tail, extra);
+            st.bitmap.alloc_range(tail, extra);
             let dirty = arena.is_dirty(tail, extra);
             arena.mark_dirty(tail, extra);
             dirty
@@ -547,7 +552,10 @@ impl PageHeap {
 
     /// Free pages in all arenas.
     pub(crate) fn free_pages(&self) -> usize {
-        self.arenas().map(|a| a.bitmap.free_pages()).sum()
+        // SAFETY: the page lock is held (we have &self of the locked page heap).
+        self.arenas()
+            .map(|a| unsafe { a.state() }.bitmap.free_pages())
+            .sum()
     }
 }
 
