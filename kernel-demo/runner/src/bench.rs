@@ -329,6 +329,35 @@ pub fn host_tsc_hz() -> f64 {
     (c1 - c0) as f64 / (t1 - t0).as_secs_f64()
 }
 
+/// The workspace's git commit (with a note when `src/` or `kernel-demo/` have
+/// uncommitted changes), or "unknown" outside a git checkout.
+fn source_revision() -> String {
+    let workspace = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+    let git = |args: &[&str]| {
+        std::process::Command::new("git")
+            .arg("-C")
+            .arg(workspace)
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+            .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Some(commit) => {
+            let dirty = git(&["status", "--porcelain", "--", "src", "kernel-demo"])
+                .is_some_and(|s| !s.is_empty());
+            let note = if dirty {
+                " with uncommitted changes"
+            } else {
+                ""
+            };
+            format!("commit {commit}{note}")
+        }
+        None => "unknown commit".into(),
+    }
+}
+
 fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -397,7 +426,9 @@ pub fn markdown(results: &Results) -> String {
     );
     let _ = writeln!(
         md,
-        "Host: {} CPUs, TSC {:.2} GHz; load average before {}, after {}; {:.0} s of boots.\n",
+        "Source: {}. Host: {} CPUs, TSC {:.2} GHz; load average before {}, after {}; \
+         {:.0} s of boots.\n",
+        source_revision(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         results.tsc_hz / 1e9,
         results.load.0,
