@@ -121,8 +121,9 @@ pub enum AddMemoryError {
         /// Bytes of metadata plus one usable page.
         needed: usize,
     },
-    /// The heap already has [`MAX_ARENAS`](crate::MAX_ARENAS) arenas; use a larger
-    /// arena size for sparse memory.
+    /// The range would bring the heap over [`MAX_ARENAS`](crate::MAX_ARENAS) arenas;
+    /// use a larger arena size for sparse memory. A range over more arena windows
+    /// than `MAX_ARENAS` gets this error before any overlap check.
     TooManyArenas(MemoryRange),
     /// The configuration is invalid (arena size not a power of two in range).
     BadConfig,

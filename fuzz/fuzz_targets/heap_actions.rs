@@ -684,10 +684,6 @@ fn windows_in(start: usize, end: usize, size: usize) -> usize {
     }
 }
 
-/// `add_memory` checks every window part of a range before it refuses it for too
-/// many arenas: ranges spanning more windows than this are not given to it.
-const MAX_WINDOWS_PER_ADD: usize = 1 << 12;
-
 /// What the model knows about the heap.
 struct Model {
     config: Config,
@@ -849,6 +845,11 @@ impl Model {
         let (start, pages) = range.pages().ok_or(AddMemoryError::Empty(range))?;
         let end = start + pages * PAGE_SIZE;
         let size = self.config.arena_size;
+        // More windows than there can be arenas: refused before any overlap is looked
+        // for, however many of them already hold arenas.
+        if windows_in(start, end, size) > MAX_ARENAS {
+            return Err(AddMemoryError::TooManyArenas(range));
+        }
         let mut metadata = Vec::new();
         for (part_start, part_end) in window_parts(start, end, size) {
             if self.windows.contains(&(part_start / size)) {
@@ -981,12 +982,6 @@ impl Run1 {
 
     fn add_memory(&mut self, add: AddRange) {
         let range = self.range_of(add);
-        if let Some((start, pages)) = range.pages() {
-            let windows = windows_in(start, start + pages * PAGE_SIZE, self.arena_size());
-            if windows > MAX_WINDOWS_PER_ADD {
-                return;
-            }
-        }
         let predicted = self.model.predict_add(range);
         if predicted.is_ok() && !in_region(range.start, range.end) {
             // Memory the target does not own: never give it.
