@@ -424,7 +424,12 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(if cfg!(miri) { 8 } else { 256 }))]
+        #![proptest_config(ProptestConfig {
+            cases: if cfg!(miri) { 8 } else { 256 },
+            // Miri's isolation has no file system for the failure file.
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
         #[test]
         fn fit_is_the_lowest_aligned_run(free: u64, pages in 1usize..RUN_LIMIT, align_log in 0u32..5) {
             let align = 1usize << align_log;
