@@ -54,7 +54,10 @@ fn panic_fails_the_run_and_shows_the_message() {
 #[test]
 fn timeout_kills_a_kernel_that_never_exits() {
     let mut options = options(1, "128M");
-    options.timeout = Duration::from_secs(15);
+    // Long enough for the boot to print its line on a loaded host (TCG boots took
+    // over 15 s with the other QEMU tests, a fuzzer and a build on 2 cores); the
+    // kernel halts after it, so the wait costs no CPU.
+    options.timeout = Duration::from_secs(40);
     match run("test_hang", &options) {
         Err(failure @ Failure::Timeout { .. }) => {
             assert!(failure.output().contains("hanging on purpose"), "{failure}");
