@@ -44,9 +44,12 @@
 //!   `[n, n + align - 1)` may or may not: the search descends, and backtracks to the
 //!   next sibling when it finds none there. This backtracking is the slow path:
 //!   each node and chunk is visited at most once, so the worst case is O(chunks).
+//! - [`PageBitmap::find`] of one page without alignment: O(1), the hint (invariant 5).
 //! - [`PageBitmap::free_range`], [`PageBitmap::alloc_range`],
 //!   [`PageBitmap::mark_range`]: O(n / 64) for the bits, plus 8 words for each chunk
-//!   touched, plus 8 children for each summary above them: O(n / 64 + L).
+//!   touched, plus 8 children for each summary above them: O(n / 64 + L); the
+//!   update stops at the first level where no summary changed. An allocation that
+//!   covers the hint adds at most 8 words and one walk to move it.
 //! - [`PageBitmap::free_run_from`] and [`PageBitmap::is_range_free`]: O(8 + n / 512);
 //!   [`PageBitmap::is_free`], [`PageBitmap::root`], [`PageBitmap::free_pages`]: O(1).
 //! - [`PageBitmap::check_invariants`]: O(pages), for tests and checked builds.
@@ -60,6 +63,10 @@
 //! 3. `free_pages() == ` the number of zero bits in the bitmap.
 //! 4. Kept by the caller: bits of pages the arena cannot use stay 1. The bitmap starts
 //!    all ones, and the arena frees only pages it was given.
+//! 5. `hint` is the lowest free page (`pages` when none is free): a free lowers it to
+//!    the first page it frees; an allocation that covers it moves it to the next free
+//!    page, found in the rest of its chunk or else by the summary walk. A one-page
+//!    [`PageBitmap::find`] (the common span) is then O(1).
 
 #![deny(
     missing_docs,
@@ -267,6 +274,9 @@ pub(crate) struct PageBitmap {
     shape: Shape,
     /// Free pages (zero bits).
     free: usize,
+    /// The lowest free page, `pages` when none is free (invariant 5): the answer to a
+    /// one-page [`PageBitmap::find`], as Go's `pageAlloc.searchAddr`.
+    hint: usize,
 }
 
 // SAFETY: a `PageBitmap` owns its storage exclusively (contract of `init`), like a
@@ -323,6 +333,7 @@ impl PageBitmap {
             pages,
             shape,
             free: 0,
+            hint: pages,
         }
     }
 
@@ -450,12 +461,16 @@ impl PageBitmap {
     /// no alignment); `None` as well for `n == 0` or an `align` that is not a power of
     /// two. Does not allocate: see [`PageBitmap::alloc`].
     ///
-    /// Cost: O(log pages) for `align == 1` and whenever the first aligned fit comes
-    /// before any near miss; see the module documentation for the slow path.
+    /// Cost: O(1) for one page (the hint); O(log pages) for `align == 1` and whenever
+    /// the first aligned fit comes before any near miss; see the module documentation
+    /// for the slow path.
     #[must_use]
     pub(crate) fn find(&self, n: usize, align: usize) -> Option<usize> {
         if n == 0 || n > self.pages || !align.is_power_of_two() || self.root().max() < n {
             return None;
+        }
+        if n == 1 && align == 1 {
+            return Some(self.hint);
         }
         let found = self.search(self.shape.levels - 1, 0, n, align);
         debug_assert!(
@@ -463,6 +478,34 @@ impl PageBitmap {
             "page_bitmap: summaries promised a run"
         );
         found
+    }
+
+    /// Moves the hint to the lowest free page when every page below `from` is in use
+    /// (the summaries up to date): the bitmap words from `from` to the end of its
+    /// chunk (at most 8), then the summary walk. O(8 + 8 L) word operations.
+    fn advance_hint(&mut self, from: usize) {
+        if from < self.pages {
+            let chunk_words = self.shape.chunk_pages / WORD_PAGES;
+            let first_word = from / WORD_PAGES;
+            let end_word = (first_word / chunk_words + 1) * chunk_words;
+            // Pages below `from` in its word count as used.
+            let mut word = self.words()[first_word] | ((1u64 << (from % WORD_PAGES)) - 1);
+            for index in first_word..end_word {
+                if index > first_word {
+                    word = self.words()[index];
+                }
+                if word != u64::MAX {
+                    self.hint = index * WORD_PAGES + word.trailing_ones() as usize;
+                    return;
+                }
+            }
+        }
+        self.hint = if self.root().max() == 0 {
+            self.pages
+        } else {
+            let lowest = self.search(self.shape.levels - 1, 0, 1, 1);
+            lowest.expect("page_bitmap: the root promised a free page")
+        };
     }
 
     /// Finds and takes `n` pages aligned to `align` pages: [`PageBitmap::find`], then
@@ -528,6 +571,9 @@ impl PageBitmap {
         self.free -= free.count_ones() as usize;
         let chunk = group / self.shape.chunk_pages;
         self.update_summaries(chunk, chunk);
+        if (group..group + WORD_PAGES).contains(&self.hint) {
+            self.advance_hint(group + WORD_PAGES);
+        }
         free
     }
 
@@ -546,6 +592,9 @@ impl PageBitmap {
         let freed = *word & mask;
         *word &= !mask;
         self.free += freed.count_ones() as usize;
+        if mask != 0 {
+            self.hint = self.hint.min(group + mask.trailing_zeros() as usize);
+        }
         let chunk = group / self.shape.chunk_pages;
         self.update_summaries(chunk, chunk);
     }
@@ -573,32 +622,56 @@ impl PageBitmap {
             };
             changed += (old ^ *word).count_ones() as usize;
         }
-        match fill {
-            Fill::Free => self.free += changed,
-            Fill::Used => self.free -= changed,
-        }
         let chunk_pages = self.shape.chunk_pages;
         self.update_summaries(first / chunk_pages, last / chunk_pages);
+        match fill {
+            Fill::Free => {
+                self.free += changed;
+                self.hint = self.hint.min(first);
+            }
+            Fill::Used => {
+                self.free -= changed;
+                if (first..=last).contains(&self.hint) {
+                    self.advance_hint(last + 1);
+                }
+            }
+        }
     }
 
     /// Recomputes the summaries of chunks `first..=last` from their bits, then every
     /// summary above them.
+    ///
+    /// Stops at the first level where no summary changed: every summary above is a
+    /// merge of unchanged children (invariant 2), so it is unchanged too. A one-page
+    /// change inside a large free run usually stops below the root.
     fn update_summaries(&mut self, first: usize, last: usize) {
         let chunk_words = self.shape.chunk_pages / WORD_PAGES;
+        let mut changed = false;
         for chunk in first..=last {
             let words = &self.words()[chunk * chunk_words..(chunk + 1) * chunk_words];
             let summary = summarize_words(words);
-            self.set_summary(0, chunk, summary);
+            changed |= self.replace_summary(0, chunk, summary);
         }
         let (mut first, mut last) = (first, last);
         for level in 1..self.shape.levels {
+            if !changed {
+                return;
+            }
+            changed = false;
             first /= FANOUT;
             last /= FANOUT;
             for index in first..=last {
                 let summary = self.merge_children(level, index);
-                self.set_summary(level, index, summary);
+                changed |= self.replace_summary(level, index, summary);
             }
         }
+    }
+
+    /// Stores the summary `index` of level `level`; `true` when it changed.
+    fn replace_summary(&mut self, level: usize, index: usize, summary: Summary) -> bool {
+        let changed = self.summary(level, index) != summary;
+        self.set_summary(level, index, summary);
+        changed
     }
 
     /// The merge of the children of summary `index` of level `level >= 1`.
@@ -684,6 +757,11 @@ impl PageBitmap {
         }
         if self.root() != summarize_bits(words, 0, self.pages) {
             return Err("page_bitmap: the root differs from the summary of the whole bitmap");
+        }
+        let lowest_free = (0..self.pages)
+            .find(|&page| words[page / WORD_PAGES] & (1 << (page % WORD_PAGES)) == 0);
+        if self.hint != lowest_free.unwrap_or(self.pages) {
+            return Err("page_bitmap: the hint is not the lowest free page");
         }
         Ok(())
     }
