@@ -21,17 +21,24 @@
 //! Span descriptors come from slabs: whole pages of the arena whose first slot is a
 //! [`Slab`] header (live count, free list of slots, links of the list of slabs with a
 //! free slot). A slab page whose last descriptor is freed goes back to the page heap,
-//! so that no metadata page stays behind between spans once they are gone. Slab pages are taken from the top of the arena's usable memory downwards, while
-//! spans are placed first fit from the bottom, so that the slabs do not cut the free
-//! space into short runs; only when the page below the slab zone is taken does a slab
-//! page come from anywhere (first fit).
+//! so that no metadata page stays behind between spans once they are gone. Slab pages
+//! are taken from the top of the arena's usable memory downwards, while spans are
+//! placed first fit from the bottom, so that the slabs do not cut the free space into
+//! short runs; only when the page below the slab zone is taken does a slab page come
+//! from anywhere (first fit).
 //!
 //! Everything here runs under the page heap's lock, except [`Arena::span_at`], which
 //! reads the span map with relaxed atomics.
 //!
 //! # Invariants
 //!
-//! - `managed_pages == free pages + pages of live spans + metadata_pages`;
+//! - the header (`base`, `pages`, the metadata pointers) is written once by
+//!   [`Arena::create`] and never changes; everything that changes is in
+//!   [`ArenaState`], reached only through [`Arena::state`] and [`Arena::state_mut`]
+//!   under the page heap's lock, so that every CPU may hold a `&Arena` and no
+//!   `&mut Arena` exists once the arena is published;
+//! - `managed_pages == free pages + pages of live spans + metadata_pages + pages the
+//!   per-CPU page caches hold`;
 //! - a page's span-map entry is non-zero exactly when it is a page of a live small
 //!   span, or the first page of a live large or pages span;
 //! - every page outside the usable bits is marked in use in the page bitmap.

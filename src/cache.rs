@@ -16,7 +16,7 @@
 //! A cache is created from the page heap the first time its CPU allocates, and its
 //! pages count as metadata. It is touched only by its CPU inside the platform's
 //! critical section; other CPUs read its lengths and counters (relaxed loads) for
-//! stats, and [`CpuCache::take_all`] empties it for draining.
+//! stats, and draining empties it through [`CpuCache::take_oldest`].
 //!
 //! It also holds the CPU's current tiny block (see `tiny`): its address and bump
 //! offset, written by the CPU only; and the CPU's page cache (see `page_cache`).

@@ -174,7 +174,7 @@ impl CentralLists {
     }
 
     /// Puts a span that is on no list where its fill level says: a partial bucket,
-    /// or nowhere when full. An empty span is not filed (see [`Self::release`]).
+    /// or nowhere when full. An empty span is not filed (see [`Self::put`]).
     fn file(&mut self, span: NonNull<Span>) {
         // SAFETY: a live small span of this class, on no list, ours under the lock.
         let s = unsafe { &mut *span.as_ptr() };

@@ -1740,6 +1740,13 @@ mod tests {
         Layout::from_size_align(size, align).unwrap()
     }
 
+    /// `true` when every byte of `bytes` is `value`; under Miri (where a byte at a
+    /// time is slow) every 61st byte.
+    fn all_bytes_are(bytes: &[u8], value: u8) -> bool {
+        let step = if cfg!(miri) { 61 } else { 1 };
+        bytes.iter().step_by(step).all(|&b| b == value)
+    }
+
     #[test]
     fn small_objects_are_distinct_aligned_and_balance() {
         let t = TestHeap::new(8 << 20, 4 << 20);
@@ -1861,12 +1868,7 @@ mod tests {
             let (addr, len) = self.range();
             // SAFETY: a live block of `len` bytes.
             let bytes = unsafe { core::slice::from_raw_parts(addr as *const u8, len) };
-            // Under Miri, every 61st byte (a byte at a time is slow there).
-            let step = if cfg!(miri) { 61 } else { 1 };
-            assert!(
-                bytes.iter().step_by(step).all(|&b| b == tag),
-                "run at {addr:#x} overwritten"
-            );
+            assert!(all_bytes_are(bytes, tag), "run at {addr:#x} overwritten");
             let p = NonNull::new(addr as *mut u8).unwrap();
             // SAFETY: live, from this heap, not used after this.
             unsafe {
@@ -1990,9 +1992,7 @@ mod tests {
                     let p = heap.allocate_zeroed(z).unwrap();
                     // SAFETY: a fresh zeroed block of 40_000 bytes.
                     let zero = unsafe { core::slice::from_raw_parts(p.as_ptr(), 40_000) };
-                    let step = if cfg!(miri) { 61 } else { 1 };
-                    let zeroed = zero.iter().step_by(step).all(|&b| b == 0);
-                    assert!(zeroed, "allocate_zeroed not zeroed");
+                    assert!(all_bytes_are(zero, 0), "allocate_zeroed not zeroed");
                     // SAFETY: p from allocate_zeroed(z).
                     unsafe { heap.deallocate(p, z) };
                     run.give(heap, round as u8);

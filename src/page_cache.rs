@@ -281,9 +281,7 @@ impl PageCache {
             // No page outside the group for a descriptor slab: a run from the group
             // could not be described. Give the group back so that the page heap can
             // take a slab page and the run from its pages.
-            heap.give_group(new);
-            self.arena.store(ptr::null_mut(), Relaxed);
-            self.free.store(0, Relaxed);
+            self.drop_group(heap);
             return false;
         }
         true
@@ -301,6 +299,12 @@ impl PageCache {
             self.give_pending(heap);
             self.give_descriptors(heap);
         }
+        self.drop_group(heap);
+    }
+
+    /// Gives the group (if any) back to `heap`, locked by the caller: the cache then
+    /// holds no group.
+    fn drop_group(&self, heap: &mut PageHeap) {
         if let Some(group) = self.group() {
             heap.give_group(group);
         }
