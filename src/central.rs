@@ -12,6 +12,15 @@
 //! instructions a pair) while holding up to 4 MiB. The reserve stays at one span.
 //! Full spans are on no list: the span map finds them when an object is freed.
 //!
+//! A central also keeps a **transfer cache** (TCMalloc's name): up to
+//! [`TRANSFER_BATCHES`] batches that CPU caches flushed whole, handed to the next
+//! refill as they are. A flush and a refill then copy a batch of words under the lock
+//! instead of finding each object's span, so a CPU that frees what another CPU
+//! allocates (producer and consumer) moves batches between the two without touching
+//! spans or the page heap. Objects in it stay allocated in their spans (as objects in
+//! CPU caches do) and count as cached in the stats; `trim` gives them back to their
+//! spans.
+//!
 //! Work under the lock is O(objects moved): choosing a span is a `leading_zeros` over
 //! the bucket mask, moving a span between buckets is an unlink and a push.
 //!
@@ -25,12 +34,15 @@
 //!   bit `b` of `nonempty` is set exactly when `partial[b]` is non-empty;
 //! - a span on `reserve` has `allocated == 0`; a full span is on no list;
 //! - `allocated` equals the sum of `allocated` over all the class's spans, and `spans`
-//!   counts them.
+//!   counts them;
+//! - `transfer[..transfer_len]` hold distinct objects of the class, each allocated in
+//!   its span and held by no CPU cache or caller; `transfer_len` is at most
+//!   `TRANSFER_BATCHES * class.batch()`.
 
 use crate::arena::Arena;
 use crate::list::List;
 use crate::page_heap::PageHeap;
-use crate::size_class::SizeClass;
+use crate::size_class::{SizeClass, MAX_BATCH};
 use crate::span::{Span, SpanList};
 use core::ptr::NonNull;
 use spin::Mutex;
@@ -42,11 +54,22 @@ const BUCKETS: usize = 4;
 /// Empty spans a central keeps instead of returning them to the page heap.
 pub(crate) const RESERVE_SPANS: usize = 1;
 
+/// Batches a transfer cache holds at most. Two are enough for a producer and a
+/// consumer whose refills and flushes alternate; each holds at most 64 KiB of objects
+/// (the batch rule), so a class keeps at most 128 KiB off its spans this way.
+pub(crate) const TRANSFER_BATCHES: usize = 2;
+
+/// Slots of a transfer cache: enough for [`TRANSFER_BATCHES`] of the largest batch.
+const TRANSFER_SLOTS: usize = TRANSFER_BATCHES * MAX_BATCH;
+
 /// The lists of one size class.
 pub(crate) struct CentralLists {
     partial: [List<Span>; BUCKETS],
     nonempty: u8,
     reserve: List<Span>,
+    /// The transfer cache: objects flushed by CPU caches, newest last.
+    transfer: [Object; TRANSFER_SLOTS],
+    transfer_len: usize,
     /// Objects handed out from this class's spans.
     pub(crate) allocated: usize,
     /// Spans of this class (on lists or full).
@@ -66,6 +89,8 @@ impl Central {
                 partial: [const { List::new() }; BUCKETS],
                 nonempty: 0,
                 reserve: List::new(),
+                transfer: [Object(0); TRANSFER_SLOTS],
+                transfer_len: 0,
                 allocated: 0,
                 spans: 0,
             }),
@@ -155,6 +180,29 @@ impl CentralLists {
         // SAFETY: an object address of a span is inside the heap, so non-null.
         let addr = unsafe { NonNull::new_unchecked(addr as *mut u8) };
         Some(Object::new(addr, zeroed))
+    }
+
+    /// Objects of `class` the transfer cache can take now.
+    pub(crate) fn transfer_room(&self, class: SizeClass) -> usize {
+        TRANSFER_BATCHES * class.batch() - self.transfer_len
+    }
+
+    /// Keeps `object` (allocated in its span, given up by its CPU cache) in the
+    /// transfer cache. The caller checked [`Self::transfer_room`].
+    pub(crate) fn transfer_put(&mut self, object: Object) {
+        self.transfer[self.transfer_len] = object;
+        self.transfer_len += 1;
+    }
+
+    /// The transfer cache's newest object.
+    pub(crate) fn transfer_take(&mut self) -> Option<Object> {
+        self.transfer_len = self.transfer_len.checked_sub(1)?;
+        Some(self.transfer[self.transfer_len])
+    }
+
+    /// Objects in the transfer cache.
+    pub(crate) fn transferred(&self) -> &[Object] {
+        &self.transfer[..self.transfer_len]
     }
 
     /// A span with a free object that is on no list: from the reserve or new.
@@ -286,8 +334,11 @@ impl CentralLists {
         partial.chain(self.reserve.iter().map(|span| (span, SpanList::Reserve)))
     }
 
-    /// Checks the list invariants that need no span walk.
-    pub(crate) fn check(&self) -> Result<(), &'static str> {
+    /// Checks the list invariants of `class`'s central that need no span walk.
+    pub(crate) fn check(&self, class: SizeClass) -> Result<(), &'static str> {
+        if self.transfer_len > TRANSFER_BATCHES * class.batch() {
+            return Err("central: transfer cache holds more than its batches");
+        }
         for (b, list) in self.partial.iter().enumerate() {
             if (list.len() != 0) != (self.nonempty & (1 << b) != 0) {
                 return Err("central: bucket mask disagrees with the lists");

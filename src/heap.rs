@@ -566,12 +566,29 @@ impl<P: Platform> SpanHeap<P> {
     }
 
     /// Moves up to a batch of objects from the central into `cache` and returns one
-    /// more.
+    /// more: from the central's transfer cache when it holds any, else from spans.
     fn refill(&self, cache: &CpuCache, class: SizeClass) -> Option<Object> {
         let mut lists = self.centrals[class.index()].lock();
-        let first = lists.take(class, &self.pages)?;
         // Never take an object the stack has no room for (it would be lost).
         let room = CpuCache::capacity(class) - cache.len(class);
+        if let Some(first) = lists.transfer_take() {
+            for _ in 1..class.batch().min(room + 1) {
+                let Some(object) = lists.transfer_take() else {
+                    break;
+                };
+                // SAFETY: pinned to the cache's CPU (callers hold a `Pinned`); a
+                // transferred object is allocated in its span, ours now, and in the
+                // cache state already (checked mode).
+                let pushed = unsafe { cache.push(class, object) };
+                debug_assert!(pushed, "room was counted");
+            }
+            drop(lists);
+            // `first` goes to the caller: out of the cache state.
+            self.leave_cache(first.addr());
+            bump(&cache.counters.refills);
+            return Some(first);
+        }
+        let first = lists.take(class, &self.pages)?;
         for _ in 1..class.batch().min(room + 1) {
             let Some(object) = lists.take(class, &self.pages) else {
                 break;
@@ -587,24 +604,61 @@ impl<P: Platform> SpanHeap<P> {
         Some(first)
     }
 
-    /// Gives the `n` oldest objects of `class` in `cache` back to the central.
-    fn flush(&self, cache: &CpuCache, class: SizeClass, n: usize) {
+    /// Gives the batch of `class`'s oldest objects in `cache` (a full stack) to the
+    /// central: whole into its transfer cache when that has room, else back to their
+    /// spans.
+    fn flush_batch(&self, cache: &CpuCache, class: SizeClass) {
+        let n = class.batch();
         let mut lists = self.centrals[class.index()].lock();
+        if lists.transfer_room(class) < n {
+            return self.flush_locked(lists, cache, class, n);
+        }
+        // SAFETY: pinned to the cache's CPU (the caller). The objects stay allocated
+        // in their spans and in the cache state: the transfer cache is a cache.
+        unsafe { cache.take_oldest(class, n, |object| lists.transfer_put(object)) };
+        bump(&cache.counters.flushes);
+    }
+
+    /// Gives the `n` oldest objects of `class` in `cache` back to their spans.
+    fn flush(&self, cache: &CpuCache, class: SizeClass, n: usize) {
+        self.flush_locked(self.centrals[class.index()].lock(), cache, class, n);
+    }
+
+    /// As [`Self::flush`], with the central's lock taken (`lists`).
+    fn flush_locked(
+        &self,
+        mut lists: MutexGuard<'_, CentralLists>,
+        cache: &CpuCache,
+        class: SizeClass,
+        n: usize,
+    ) {
         let mut double = None;
         // SAFETY: pinned to the cache's CPU, or the CPU is offline (callers).
         unsafe {
             cache.take_oldest(class, n, |object| {
-                self.leave_cache(object.addr());
-                let addr = object.addr().as_ptr() as usize;
-                if let Err(error) = self.put_locked(&mut lists, class, addr) {
-                    double = Some(error);
-                }
+                self.put_cached(&mut lists, class, object, &mut double)
             })
         };
         bump(&cache.counters.flushes);
         drop(lists);
         if let Some(error) = double {
             self.report(error);
+        }
+    }
+
+    /// Returns `object`, leaving a cache (a CPU's or the transfer cache), to its span
+    /// under the central lock `lists`; a double free found there is kept in `double`,
+    /// for the caller to report once the lock is released.
+    fn put_cached(
+        &self,
+        lists: &mut CentralLists,
+        class: SizeClass,
+        object: Object,
+        double: &mut Option<FreeError>,
+    ) {
+        self.leave_cache(object.addr());
+        if let Err(error) = self.put_locked(lists, class, object.addr().as_ptr() as usize) {
+            *double = Some(error);
         }
     }
 
@@ -627,13 +681,24 @@ impl<P: Platform> SpanHeap<P> {
         }
     }
 
+    /// One object of `class` for a caller with no cache: from the transfer cache or
+    /// a span.
     fn take_small(&self, class: SizeClass) -> Option<Object> {
         let central = &self.centrals[class.index()];
+        let take = || {
+            let mut lists = central.lock();
+            match lists.transfer_take() {
+                Some(object) => {
+                    drop(lists);
+                    self.leave_cache(object.addr());
+                    Some(object)
+                }
+                None => lists.take(class, &self.pages),
+            }
+        };
         // Bind the result so that the lock is released before the out-of-memory path.
-        let object = central.lock().take(class, &self.pages);
-        object.or_else(|| {
-            self.retry_after_trim(class.pages(), 1, || central.lock().take(class, &self.pages))
-        })
+        let object = take();
+        object.or_else(|| self.retry_after_trim(class.pages(), 1, take))
     }
 
     /// Out of memory for a run of `pages` pages aligned to `align` pages: give this
@@ -914,7 +979,7 @@ impl<P: Platform> SpanHeap<P> {
         // SAFETY: as in `free_small`; pinned to the cache's CPU.
         let pushed = unsafe { cache.push(class, object) };
         if !pushed {
-            self.flush(cache, class, class.batch());
+            self.flush_batch(cache, class);
             // SAFETY: as above; the flush made room.
             let pushed = unsafe { cache.push(class, object) };
             debug_assert!(pushed, "a flush makes room");
@@ -1295,16 +1360,18 @@ impl<P: Platform> SpanHeap<P> {
         }
     }
 
-    /// Empties the running CPU's cache into the centrals, then gives the centrals'
-    /// reserve spans back to the page heap. Other CPUs' caches are theirs: see
+    /// Empties the running CPU's cache into the centrals, gives the objects in the
+    /// centrals' transfer caches back to their spans, then gives the centrals' reserve
+    /// spans back to the page heap. Other CPUs' caches are theirs: see
     /// [`SpanHeap::drain_cpu`] and [`SpanHeap::drain_offline_cpu`].
     pub fn trim(&self) {
         let pin = Pinned::<P>::enter();
         if let Some(cache) = self.cache(&pin) {
             self.flush_all(cache);
         }
-        for central in &self.centrals {
-            let mut lists = central.lock();
+        for class in SizeClass::all() {
+            self.drain_transfer(class);
+            let mut lists = self.centrals[class.index()].lock();
             let mut pages = self.pages.lock();
             lists.trim(&mut pages, |addr| self.arena_of(addr));
         }
@@ -1314,6 +1381,19 @@ impl<P: Platform> SpanHeap<P> {
             let arena = self.arena_of(unsafe { span.as_ref() }.base);
             // SAFETY: as above; lock order stack pool -> page heap.
             unsafe { self.pages.lock().free_span(arena, span) };
+        }
+    }
+
+    /// Gives every object in `class`'s transfer cache back to its span.
+    fn drain_transfer(&self, class: SizeClass) {
+        let mut lists = self.centrals[class.index()].lock();
+        let mut double = None;
+        while let Some(object) = lists.transfer_take() {
+            self.put_cached(&mut lists, class, object, &mut double);
+        }
+        drop(lists);
+        if let Some(error) = double {
+            self.report(error);
         }
     }
 
@@ -1430,6 +1510,9 @@ impl<P: Platform> SpanHeap<P> {
         for class in SizeClass::all() {
             let lists = &centrals[class.index()];
             let mut cached: usize = self.caches().map(|(_, cache)| cache.len(class)).sum();
+            let transferred = lists.transferred().len();
+            stats.transfer_bytes += transferred * class.size();
+            cached += transferred;
             if class == TINY_BLOCK_CLASS {
                 // A CPU's current tiny block is held by its cache (its live
                 // sub-objects, at most 14 bytes, count as cached with it).
@@ -1558,10 +1641,15 @@ impl<P: Platform> SpanHeap<P> {
                 );
             }
         }
-        for (i, lists) in centrals.iter().enumerate() {
-            lists.check()?;
+        for class in SizeClass::all() {
+            let i = class.index();
+            let lists = &centrals[i];
+            lists.check(class)?;
             if lists.allocated != allocated[i] || lists.spans != spans[i] {
                 return Err("central: counters differ from the spans in the span map");
+            }
+            for object in lists.transferred() {
+                self.check_cached(object.addr().as_ptr() as usize, class)?;
             }
         }
         self.check_caches()?;
@@ -1574,7 +1662,11 @@ impl<P: Platform> SpanHeap<P> {
                     let objects: usize = SizeClass::all().map(|class| cache.len(class)).sum();
                     objects + (0..ORDERS).map(|order| cache.stacks(order)).sum::<usize>()
                 })
-                .sum();
+                .sum::<usize>()
+                + centrals
+                    .iter()
+                    .map(|lists| lists.transferred().len())
+                    .sum::<usize>();
             if cached != marked_cached {
                 return Err("checked: objects marked cached differ from the caches' objects");
             }
@@ -1627,29 +1719,36 @@ impl<P: Platform> SpanHeap<P> {
                 }
                 // SAFETY: the caller of `check_invariants` keeps other CPUs idle.
                 for addr in unsafe { cache.objects(class) } {
-                    let (_, span) = self
-                        .span_of(addr)
-                        .ok_or("cache: object outside every span")?;
-                    // SAFETY: a span-map entry is a live descriptor; the central locks
-                    // are held by the caller.
-                    let s = unsafe { span.as_ref() };
-                    if s.class != Some(class) {
-                        return Err("cache: object in the stack of another class");
-                    }
-                    match s.object_index(addr) {
-                        Some(index) if s.is_allocated(index) =>
-                        {
-                            #[cfg(feature = "checked")]
-                            if !s.is_cached(index) {
-                                return Err("checked: a cached object is not marked cached");
-                            }
-                        }
-                        _ => return Err("cache: object free in its span, or not an object"),
-                    }
+                    self.check_cached(addr, class)?;
                 }
             }
         }
         Ok(())
+    }
+
+    /// The object at `addr`, in a CPU cache or a transfer cache of `class`, is an
+    /// allocated object of that class (marked cached in checked mode). Call it with
+    /// the central locks held.
+    fn check_cached(&self, addr: usize, class: SizeClass) -> Result<(), &'static str> {
+        let (_, span) = self
+            .span_of(addr)
+            .ok_or("cache: object outside every span")?;
+        // SAFETY: a span-map entry is a live descriptor; the central locks are held by
+        // the caller.
+        let s = unsafe { span.as_ref() };
+        if s.class != Some(class) {
+            return Err("cache: object in the stack of another class");
+        }
+        match s.object_index(addr) {
+            Some(index) if s.is_allocated(index) => {
+                #[cfg(feature = "checked")]
+                if !s.is_cached(index) {
+                    return Err("checked: a cached object is not marked cached");
+                }
+                Ok(())
+            }
+            _ => Err("cache: object free in its span, or not an object"),
+        }
     }
 }
 
@@ -1695,6 +1794,7 @@ unsafe impl<P: Platform> GlobalAlloc for SpanHeap<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::central::TRANSFER_BATCHES;
     use crate::page_heap::MAX_ARENAS;
     use crate::platform::HostThreads;
     use crate::range::InitialContents;
@@ -2192,7 +2292,8 @@ mod tests {
     fn objects_freed_on_another_cpu_go_to_that_cpus_cache() {
         let t = TestHeap::new(4 << 20, 4 << 20);
         let heap = &t.heap;
-        let count = if cfg!(miri) { 40 } else { 2_000 };
+        // Under Miri too, more than the freeing CPU's stack holds plus two flushes.
+        let count = if cfg!(miri) { 200 } else { 2_000 };
         let l = layout(48, 8);
         let (tx, rx) = std::sync::mpsc::channel::<Vec<usize>>();
         let produce = move || {
@@ -2233,11 +2334,78 @@ mod tests {
         assert_eq!(stats.in_use_bytes, 0);
         assert!(stats.balances(), "{stats}");
         heap.check_invariants().unwrap();
+        // The freeing CPU's first two flushes filled the transfer cache; the later
+        // ones went back to the spans.
+        let batches = TRANSFER_BATCHES * class_of(48, 8).unwrap().batch();
+        assert_eq!(stats.transfer_bytes, batches * 48, "{stats}");
         for cpu in 0..MAX_CPUS {
             // SAFETY: the threads have exited.
             unsafe { heap.drain_offline_cpu(cpu) };
         }
-        assert_eq!(heap.stats().cached_bytes, 0);
+        assert_eq!(heap.stats().cached_bytes, stats.transfer_bytes);
+        heap.check_invariants().unwrap();
+        heap.trim();
+        let trimmed = heap.stats();
+        assert_eq!((trimmed.cached_bytes, trimmed.transfer_bytes), (0, 0));
+        heap.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn batches_flushed_on_one_cpu_refill_another_through_the_transfer_cache() {
+        let t = TestHeap::new(16 << 20, 8 << 20);
+        let heap = &t.heap;
+        let l = layout(48, 8);
+        let class = class_of(48, 8).unwrap();
+        let count = 8 * class.batch();
+        let (to_consumer, objects) = std::sync::mpsc::channel::<Vec<usize>>();
+        let (to_producer, done) = std::sync::mpsc::channel::<()>();
+        let produce = move || {
+            let made: Vec<usize> = (0..count)
+                .map(|_| heap.allocate(l).unwrap().as_ptr() as usize)
+                .collect();
+            to_consumer.send(made.clone()).unwrap();
+            done.recv().unwrap();
+            let before = heap.stats();
+            let batches = TRANSFER_BATCHES * class.batch();
+            assert_eq!(before.transfer_bytes, batches * 48, "{before}");
+            let spans = before.classes[class.index()].spans;
+            // The consumer's first flushes took its oldest objects: the first made.
+            // This CPU's stack holds what its last refill left; past those, the
+            // refills come from the transfer cache, so the next allocations are
+            // exactly the first `batches` objects made.
+            let left = heap.cache(&Pinned::enter()).unwrap().len(class);
+            let again: Vec<usize> = (0..left + batches)
+                .map(|_| heap.allocate(l).unwrap().as_ptr() as usize)
+                .collect();
+            let mut got = again[left..].to_vec();
+            got.sort_unstable();
+            let mut first = made[..batches].to_vec();
+            first.sort_unstable();
+            assert_eq!(got, first);
+            let after = heap.stats();
+            assert_eq!(after.transfer_bytes, 0, "{after}");
+            assert_eq!(after.classes[class.index()].spans, spans);
+            for addr in again {
+                // SAFETY: allocated above with `l`, unused.
+                unsafe { heap.deallocate(NonNull::new(addr as *mut u8).unwrap(), l) };
+            }
+        };
+        let consume = move || {
+            for addr in objects.recv().unwrap() {
+                // SAFETY: handed over by the producer, allocated with `l`, unused.
+                unsafe { heap.deallocate(NonNull::new(addr as *mut u8).unwrap(), l) };
+            }
+            to_producer.send(()).unwrap();
+        };
+        on_two_cpus(produce, consume);
+        heap.check_invariants().unwrap();
+        for cpu in 0..MAX_CPUS {
+            // SAFETY: the threads have exited.
+            unsafe { heap.drain_offline_cpu(cpu) };
+        }
+        heap.trim();
+        let stats = heap.stats();
+        assert_eq!((stats.in_use_bytes, stats.cached_bytes), (0, 0), "{stats}");
         heap.check_invariants().unwrap();
     }
 

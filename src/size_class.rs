@@ -140,7 +140,7 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// ...but at least this many objects...
 const MIN_BATCH: usize = 2;
 /// ...and at most this many.
-const MAX_BATCH: usize = 32;
+pub(crate) const MAX_BATCH: usize = 32;
 /// Columns of [`ALIGN_UP`]: `log2(align)` for `align` in `1..=PAGE_SIZE`.
 const ALIGN_COLUMNS: usize = PAGE_SIZE.trailing_zeros() as usize + 1;
 /// Capacity of the generator's scratch table (more than the rule can produce).

@@ -14,7 +14,8 @@
 //! - `free`: bytes of free pages in the page heap;
 //! - `cached`: bytes held in per-CPU caches (0 until the caches exist): objects,
 //!   tiny blocks, kernel stacks, and the pages of the page caches (free pages of each
-//!   CPU's group and page runs freed but not yet given back);
+//!   CPU's group and page runs freed but not yet given back); and objects in the
+//!   centrals' transfer caches (batches flushed by one CPU for the next refill);
 //! - `metadata`: arena metadata, span-descriptor slabs and the CPU caches' own pages.
 
 use crate::size_class::NUM_CLASSES;
@@ -27,7 +28,7 @@ pub struct ClassStats {
     pub size: usize,
     /// Objects in use (handed out, not in a CPU cache).
     pub objects: usize,
-    /// Objects held in CPU caches.
+    /// Objects held in CPU caches and in the central's transfer cache.
     pub cached: usize,
     /// Spans of the class.
     pub spans: usize,
@@ -97,11 +98,15 @@ pub struct Stats {
     /// Bytes of free pages in the page heap.
     pub free_bytes: usize,
     /// Bytes held by per-CPU caches, including each CPU's current 16-byte tiny block
-    /// (with the tiny objects still live in it) and the page caches' pages.
+    /// (with the tiny objects still live in it) and the page caches' pages; and by the
+    /// centrals' transfer caches.
     pub cached_bytes: usize,
     /// Of `cached_bytes`: pages the per-CPU page caches hold (free pages of each CPU's
     /// group, and runs freed but not yet given back to the page heap).
     pub page_cache_bytes: usize,
+    /// Of `cached_bytes`: objects in the centrals' transfer caches (batches one CPU
+    /// flushed, kept for the next refill; `trim` gives them back to their spans).
+    pub transfer_bytes: usize,
     /// Arenas.
     pub arenas: usize,
     /// CPUs with a cache.
@@ -128,6 +133,7 @@ impl Default for Stats {
             free_bytes: 0,
             cached_bytes: 0,
             page_cache_bytes: 0,
+            transfer_bytes: 0,
             arenas: 0,
             cpu_caches: 0,
             bad_frees: 0,
@@ -185,12 +191,13 @@ impl fmt::Display for Stats {
         )?;
         writeln!(
             f,
-            "  span free {} KiB, page heap free {} KiB, cached {} KiB ({} KiB of pages), \
-             metadata {} KiB ({:.3}%)",
+            "  span free {} KiB, page heap free {} KiB, cached {} KiB ({} KiB of pages, \
+             {} KiB in transfer caches), metadata {} KiB ({:.3}%)",
             kib(self.span_free_bytes),
             kib(self.free_bytes),
             kib(self.cached_bytes),
             kib(self.page_cache_bytes),
+            kib(self.transfer_bytes),
             kib(self.metadata_bytes),
             self.metadata_ratio() * 100.0
         )?;

@@ -55,9 +55,10 @@ fn check(p: NonNull<u8>, size: usize) {
     );
 }
 
-/// Frees everything this thread's CPU holds and checks that nothing is in use.
+/// Frees everything this thread's CPU and the centrals' transfer caches hold and
+/// checks that nothing is in use.
 fn assert_all_back(heap: &SpanHeap) {
-    heap.drain_cpu();
+    heap.trim();
     heap.check_invariants().unwrap();
     let stats = heap.stats();
     assert_eq!(stats.in_use_bytes, 0, "{stats}");

@@ -310,7 +310,8 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
         // SAFETY: every AP has finished its work and halted with interrupts off.
         unsafe { HEAP.drain_offline_cpu(cpu) };
     }
-    HEAP.drain_cpu();
+    // Then the objects in the centrals' transfer caches go back to their spans.
+    HEAP.trim();
     HEAP.check_invariants().expect("heap invariants");
     let after = HEAP.stats();
     println!("{after}");
