@@ -170,6 +170,18 @@ struct Locked<'a> {
     pages: MutexGuard<'a, PageHeap>,
 }
 
+/// The non-null pointer at `addr`.
+///
+/// # Safety
+///
+/// `addr` is not 0.
+#[inline(always)]
+unsafe fn nonnull(addr: usize) -> NonNull<u8> {
+    debug_assert!(addr != 0);
+    // SAFETY: not null (caller).
+    unsafe { NonNull::new_unchecked(addr as *mut u8) }
+}
+
 /// `phys_offset` value meaning "no physical mapping known".
 const NO_PHYS_OFFSET: usize = usize::MAX;
 
@@ -841,19 +853,32 @@ impl<P: Platform> SpanHeap<P> {
     /// `ptr` was returned by this heap for `layout` and is not used after this call.
     #[inline]
     pub unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        match self.span_of_near(ptr.as_ptr() as usize) {
-            Some((arena, span)) => self.free_in(arena, span, ptr, layout),
-            None => self.deallocate_far(ptr, layout),
+        self.free_addr(ptr.as_ptr() as usize, layout);
+    }
+
+    /// Frees the block at `addr` (`deallocate`'s contract), or ignores a null `addr`
+    /// (`GlobalAlloc::dealloc` of null): the null test is off the fast path, as page
+    /// 0 is never managed, so no span holds address 0.
+    #[inline(always)]
+    fn free_addr(&self, addr: usize, layout: Layout) {
+        match self.span_of_near(addr) {
+            // SAFETY: `addr` lies in a span, which holds no page 0: not null.
+            Some((arena, span)) => self.free_in(arena, span, unsafe { nonnull(addr) }, layout),
+            None => self.deallocate_far(addr, layout),
         }
     }
 
     /// A free outside the near arenas (or of a foreign pointer): the hashed lookup.
     #[cold]
     #[inline(never)]
-    fn deallocate_far(&self, ptr: NonNull<u8>, layout: Layout) {
-        match self.span_of(ptr.as_ptr() as usize) {
-            Some((arena, span)) => self.free_in(arena, span, ptr, layout),
-            None => self.refuse(ptr.as_ptr() as usize, |ptr| FreeError::Foreign { ptr }),
+    fn deallocate_far(&self, addr: usize, layout: Layout) {
+        if addr == 0 {
+            return;
+        }
+        match self.span_of(addr) {
+            // SAFETY: as in `free_addr`.
+            Some((arena, span)) => self.free_in(arena, span, unsafe { nonnull(addr) }, layout),
+            None => self.refuse(addr, |ptr| FreeError::Foreign { ptr }),
         }
     }
 
@@ -1776,10 +1801,9 @@ unsafe impl<P: Platform> GlobalAlloc for SpanHeap<P> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        if let Some(ptr) = NonNull::new(ptr) {
-            // SAFETY: GlobalAlloc's contract: `ptr` came from `alloc` with `layout`.
-            unsafe { self.deallocate(ptr, layout) }
-        }
+        // GlobalAlloc's contract: `ptr` came from `alloc` with `layout` (null is
+        // ignored).
+        self.free_addr(ptr as usize, layout);
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -2208,6 +2232,7 @@ mod tests {
                 .deallocate(NonNull::new_unchecked(p.as_ptr().add(8)), l); // interior
             t.heap.deallocate(p, layout(4000, 8)); // wrong layout
             t.heap.deallocate(p, l); // fine: into this CPU's cache
+            GlobalAlloc::dealloc(&t.heap, ptr::null_mut(), l); // ignored, not counted
         }
         // Back in its span, the object's bit is clear: the O(1) check sees the double
         // free. (While it sits in a cache only checked mode can tell.)
