@@ -417,10 +417,9 @@ impl<P: Platform> SpanHeap<P> {
     fn alloc_tiny(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
         let (size, align) = (layout.size(), layout.align());
         let pin = Pinned::<P>::enter();
-        let cache = self
-            .cache(&pin)
-            .or_else(|| pin.claim_cpu().and_then(|cpu| self.create_cache(cpu)));
-        let Some(cache) = cache else {
+        // Claim first, then look: a CPU whose index shows only once claimed may have
+        // a cache already (a host thread taking over an exited thread's index).
+        let Some(cache) = self.cache_or_create(&pin) else {
             drop(pin);
             let object = self.alloc_small(TINY_SOURCE_CLASS)?;
             return Some((object.addr(), object.zeroed()));
@@ -540,11 +539,7 @@ impl<P: Platform> SpanHeap<P> {
     #[inline(never)]
     fn alloc_small_slow(&self, class: SizeClass) -> Option<Object> {
         let pin = Pinned::<P>::enter();
-        let cache = match pin.claim_cpu() {
-            Some(cpu) => self.cache(&pin).or_else(|| self.create_cache(cpu)),
-            None => None,
-        };
-        let Some(cache) = cache else {
+        let Some(cache) = self.cache_or_create(&pin) else {
             return self.take_small(class);
         };
         // Pinned again, the stack need not be empty any more: the fast path may have
@@ -802,7 +797,10 @@ impl<P: Platform> SpanHeap<P> {
         self.new_whole_span(pages, align, kind)
     }
 
-    /// This CPU's cache, created if the CPU has an index but no cache yet.
+    /// This CPU's cache, created if the CPU has an index but no cache yet. The index
+    /// is claimed before the cache is looked up, so a CPU that had no index on the
+    /// fast path finds the cache its claimed index already has (never a second one:
+    /// the first, with every object in it, would be lost).
     fn cache_or_create<'a>(&'a self, pin: &Pinned<P>) -> Option<&'a CpuCache> {
         let cpu = pin.claim_cpu()?;
         self.cache(pin).or_else(|| self.create_cache(cpu))
@@ -996,11 +994,7 @@ impl<P: Platform> SpanHeap<P> {
     #[inline(never)]
     fn free_small_slow(&self, class: SizeClass, ptr: NonNull<u8>) {
         let pin = Pinned::<P>::enter();
-        let cache = match pin.claim_cpu() {
-            Some(cpu) => self.cache(&pin).or_else(|| self.create_cache(cpu)),
-            None => None,
-        };
-        let Some(cache) = cache else {
+        let Some(cache) = self.cache_or_create(&pin) else {
             self.leave_cache(ptr);
             return self.put_small(class, ptr.as_ptr() as usize);
         };
@@ -1230,9 +1224,7 @@ impl<P: Platform> SpanHeap<P> {
     /// the CPU's stack cache to half.
     #[cold]
     fn refill_stacks(&self, order: usize, pin: &Pinned<P>) -> Option<NonNull<u8>> {
-        let cache = pin
-            .claim_cpu()
-            .and_then(|cpu| self.cache(pin).or_else(|| self.create_cache(cpu)));
+        let cache = self.cache_or_create(pin);
         let mut pool = self.stacks.pools[order].lock();
         let first = pool.take(order, &self.pages)?;
         if let Some(cache) = cache {

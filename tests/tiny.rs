@@ -10,6 +10,10 @@
 //!   (blocks emptied on another CPU than the one holding them as current).
 //! - `bad_tiny_frees_are_refused`: double frees, never-allocated offsets and a block
 //!   start freed as a tiny object are refused and counted, and change nothing.
+//! - `a_first_tiny_allocation_finds_the_cache_of_a_reused_index` (a fuzz finding): a
+//!   thread whose first heap call is a tiny allocation, on the index an exited thread
+//!   held, uses that index's cache; it used to make a second one, losing the first
+//!   with every object in it.
 
 mod common;
 
@@ -261,4 +265,54 @@ fn bad_tiny_frees_are_refused() {
     unsafe { heap.deallocate(b, l) };
     refused(3);
     assert_all_back(&heap);
+}
+
+#[test]
+fn a_first_tiny_allocation_finds_the_cache_of_a_reused_index() {
+    let (heap, _backing) = heap(16, true);
+    let heap = &heap;
+    let l = layout(48, 8);
+    let mut reused = false;
+    // Other tests' threads claim indices too: try until the second thread gets the
+    // index the first one held.
+    for _ in 0..20 {
+        let first = std::thread::scope(|s| {
+            s.spawn(|| {
+                // Leaves objects in this thread's cache (the frees go there).
+                let objects: Vec<_> = (0..8).map(|_| heap.allocate(l).unwrap()).collect();
+                for p in objects {
+                    // SAFETY: from allocate(l), unused.
+                    unsafe { heap.deallocate(p, l) };
+                }
+                HostThreads::current()
+            })
+            .join()
+            .unwrap()
+        });
+        let second = std::thread::scope(|s| {
+            s.spawn(|| {
+                // The thread's first heap call: a tiny request, index not claimed yet.
+                let t = heap.allocate(layout(1, 1)).unwrap();
+                // SAFETY: from allocate, unused.
+                unsafe { heap.deallocate(t, layout(1, 1)) };
+                HostThreads::current()
+            })
+            .join()
+            .unwrap()
+        });
+        if first.is_some() && first == second {
+            reused = true;
+            break;
+        }
+    }
+    assert!(reused, "no second thread got the first one's index");
+    for cpu in 0..spanheap::platform::MAX_CPUS {
+        // SAFETY: both threads have exited.
+        unsafe { heap.drain_offline_cpu(cpu) };
+    }
+    heap.trim();
+    heap.check_invariants().unwrap();
+    let stats = heap.stats();
+    assert_eq!(stats.in_use_bytes, 0, "objects of a lost cache:\n{stats}");
+    assert_eq!(stats.cpu_caches, 1, "one cache for the one index\n{stats}");
 }
