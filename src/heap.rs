@@ -417,9 +417,10 @@ impl<P: Platform> SpanHeap<P> {
     fn alloc_tiny(&self, layout: Layout) -> Option<(NonNull<u8>, bool)> {
         let (size, align) = (layout.size(), layout.align());
         let pin = Pinned::<P>::enter();
-        // Claim first, then look: a CPU whose index shows only once claimed may have
-        // a cache already (a host thread taking over an exited thread's index).
-        let Some(cache) = self.cache_or_create(&pin) else {
+        // Without a cache in sight, claim first, then look again: a CPU whose index
+        // shows only once claimed may have a cache already (a host thread taking
+        // over an exited thread's index).
+        let Some(cache) = self.cache(&pin).or_else(|| self.cache_or_create(&pin)) else {
             drop(pin);
             let object = self.alloc_small(TINY_SOURCE_CLASS)?;
             return Some((object.addr(), object.zeroed()));
