@@ -37,7 +37,7 @@
 //!   counts them;
 //! - `transfer[..transfer_len]` hold distinct objects of the class, each allocated in
 //!   its span and held by no CPU cache or caller; `transfer_len` is at most
-//!   `TRANSFER_BATCHES * class.batch()`.
+//!   `transfer_capacity(class)`.
 
 use crate::arena::Arena;
 use crate::list::List;
@@ -57,7 +57,7 @@ pub(crate) const RESERVE_SPANS: usize = 1;
 /// Batches a transfer cache holds at most. Two are enough for a producer and a
 /// consumer whose refills and flushes alternate; each holds at most 64 KiB of objects
 /// (the batch rule), so a class keeps at most 128 KiB off its spans this way.
-pub(crate) const TRANSFER_BATCHES: usize = 2;
+const TRANSFER_BATCHES: usize = 2;
 
 /// Slots of a transfer cache: enough for [`TRANSFER_BATCHES`] of the largest batch.
 const TRANSFER_SLOTS: usize = TRANSFER_BATCHES * MAX_BATCH;
@@ -182,9 +182,14 @@ impl CentralLists {
         Some(Object::new(addr, zeroed))
     }
 
+    /// Objects of `class` a transfer cache holds at most.
+    pub(crate) fn transfer_capacity(class: SizeClass) -> usize {
+        TRANSFER_BATCHES * class.batch()
+    }
+
     /// Objects of `class` the transfer cache can take now.
     pub(crate) fn transfer_room(&self, class: SizeClass) -> usize {
-        TRANSFER_BATCHES * class.batch() - self.transfer_len
+        Self::transfer_capacity(class) - self.transfer_len
     }
 
     /// Keeps `object` (allocated in its span, given up by its CPU cache) in the
@@ -336,7 +341,7 @@ impl CentralLists {
 
     /// Checks the list invariants of `class`'s central that need no span walk.
     pub(crate) fn check(&self, class: SizeClass) -> Result<(), &'static str> {
-        if self.transfer_len > TRANSFER_BATCHES * class.batch() {
+        if self.transfer_len > Self::transfer_capacity(class) {
             return Err("central: transfer cache holds more than its batches");
         }
         for (b, list) in self.partial.iter().enumerate() {

@@ -583,37 +583,44 @@ impl<P: Platform> SpanHeap<P> {
         let mut lists = self.centrals[class.index()].lock();
         // Never take an object the stack has no room for (it would be lost).
         let room = CpuCache::capacity(class) - cache.len(class);
-        if let Some(first) = lists.transfer_take() {
-            for _ in 1..class.batch().min(room + 1) {
-                let Some(object) = lists.transfer_take() else {
-                    break;
-                };
-                // SAFETY: pinned to the cache's CPU (callers hold a `Pinned`); a
-                // transferred object is allocated in its span, ours now, and in the
-                // cache state already (checked mode).
-                let pushed = unsafe { cache.push(class, object) };
-                debug_assert!(pushed, "room was counted");
-            }
-            drop(lists);
-            // `first` goes to the caller: out of the cache state.
-            self.leave_cache(first.addr());
-            bump(&cache.counters.refills);
-            return Some(first);
-        }
-        let first = lists.take(class, &self.pages)?;
+        let transferred = !lists.transferred().is_empty();
+        let first = self.take_object(&mut lists, class, transferred)?;
         for _ in 1..class.batch().min(room + 1) {
-            let Some(object) = lists.take(class, &self.pages) else {
+            let Some(object) = self.take_object(&mut lists, class, transferred) else {
                 break;
             };
-            let entered = self.enter_cache(object.addr());
-            debug_assert!(entered, "an object fresh from its span is in no cache");
+            if !transferred {
+                let entered = self.enter_cache(object.addr());
+                debug_assert!(entered, "an object fresh from its span is in no cache");
+            }
             // SAFETY: pinned to the cache's CPU (callers hold a `Pinned`); the object
-            // is allocated in its span and ours.
+            // is allocated in its span, ours, and in the cache state (checked mode).
             let pushed = unsafe { cache.push(class, object) };
             debug_assert!(pushed, "room was counted");
         }
+        drop(lists);
+        if transferred {
+            // `first` goes to the caller: out of the cache state.
+            self.leave_cache(first.addr());
+        }
         bump(&cache.counters.refills);
         Some(first)
+    }
+
+    /// One object of `class` from its central (locked: `lists`): from the transfer
+    /// cache when `transferred` (the object is then in the cache state already, in
+    /// checked mode), else from a span.
+    fn take_object(
+        &self,
+        lists: &mut CentralLists,
+        class: SizeClass,
+        transferred: bool,
+    ) -> Option<Object> {
+        if transferred {
+            lists.transfer_take()
+        } else {
+            lists.take(class, &self.pages)
+        }
     }
 
     /// Gives the batch of `class`'s oldest objects in `cache` (a full stack) to the
@@ -699,14 +706,13 @@ impl<P: Platform> SpanHeap<P> {
         let central = &self.centrals[class.index()];
         let take = || {
             let mut lists = central.lock();
-            match lists.transfer_take() {
-                Some(object) => {
-                    drop(lists);
-                    self.leave_cache(object.addr());
-                    Some(object)
-                }
-                None => lists.take(class, &self.pages),
+            let transferred = !lists.transferred().is_empty();
+            let object = self.take_object(&mut lists, class, transferred)?;
+            drop(lists);
+            if transferred {
+                self.leave_cache(object.addr());
             }
+            Some(object)
         };
         // Bind the result so that the lock is released before the out-of-memory path.
         let object = take();
@@ -1815,7 +1821,6 @@ unsafe impl<P: Platform> GlobalAlloc for SpanHeap<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::central::TRANSFER_BATCHES;
     use crate::page_heap::MAX_ARENAS;
     use crate::platform::HostThreads;
     use crate::range::InitialContents;
@@ -2358,7 +2363,7 @@ mod tests {
         heap.check_invariants().unwrap();
         // The freeing CPU's first two flushes filled the transfer cache; the later
         // ones went back to the spans.
-        let batches = TRANSFER_BATCHES * class_of(48, 8).unwrap().batch();
+        let batches = CentralLists::transfer_capacity(class_of(48, 8).unwrap());
         assert_eq!(stats.transfer_bytes, batches * 48, "{stats}");
         for cpu in 0..MAX_CPUS {
             // SAFETY: the threads have exited.
@@ -2388,7 +2393,7 @@ mod tests {
             to_consumer.send(made.clone()).unwrap();
             done.recv().unwrap();
             let before = heap.stats();
-            let batches = TRANSFER_BATCHES * class.batch();
+            let batches = CentralLists::transfer_capacity(class);
             assert_eq!(before.transfer_bytes, batches * 48, "{before}");
             let spans = before.classes[class.index()].spans;
             // The consumer's first flushes took its oldest objects: the first made.
