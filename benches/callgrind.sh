@@ -12,6 +12,8 @@
 #        CARGO_TARGET_DIR as for cargo (default target/)
 #        PAIRS_ARGS     more options for the pairs binary, e.g. "--live 1 --size 64"
 #                       (the hot 64-byte pair)
+#        BENCH_FEATURES cargo options for the build, e.g. "--features unchecked"
+#                       (spanheap's unchecked frees)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,12 +27,12 @@ if [ "$#" -gt 0 ]; then allocators=("$@"); else allocators=(floor spanheap spanh
 command -v valgrind >/dev/null || { echo "callgrind.sh: valgrind not found" >&2; exit 1; }
 command -v jq >/dev/null || { echo "callgrind.sh: jq not found" >&2; exit 1; }
 
-bin="$(cargo bench --bench pairs --no-run --message-format=json 2>/dev/null |
+bin="$(cargo bench --bench pairs ${BENCH_FEATURES:-} --no-run --message-format=json 2>/dev/null |
     jq -r 'select(.reason == "compiler-artifact" and .target.name == "pairs"
                   and .executable != null) | .executable' | tail -n 1)"
 if [ -z "$bin" ] || [ ! -x "$bin" ]; then
     echo "callgrind.sh: cannot build or find the pairs bench binary; cargo says:" >&2
-    cargo bench --bench pairs --no-run >&2
+    cargo bench --bench pairs ${BENCH_FEATURES:-} --no-run >&2
     exit 1
 fi
 echo "binary: $bin" >&2

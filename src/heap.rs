@@ -76,7 +76,8 @@ pub enum FreeError {
     WrongLayout {
         /// The pointer given.
         ptr: usize,
-        /// The layout given.
+        /// The layout given. For a free found wrong only when its object left a cache
+        /// (feature `unchecked`): the layout of the class it was freed to.
         layout: Layout,
         /// The size the allocation's span serves (its class size or page run).
         expected_size: usize,
@@ -186,6 +187,26 @@ unsafe fn nonnull(addr: usize) -> NonNull<u8> {
     unsafe { NonNull::new_unchecked(addr as *mut u8) }
 }
 
+/// Frees refused under a lock, to be reported once it is released (the hook may
+/// allocate): every one is counted, the first goes to the hook.
+#[derive(Default)]
+struct Refused {
+    first: Option<FreeError>,
+    more: usize,
+}
+
+impl Refused {
+    fn add(&mut self, result: Result<(), FreeError>) {
+        if let Err(error) = result {
+            if self.first.is_none() {
+                self.first = Some(error);
+            } else {
+                self.more += 1;
+            }
+        }
+    }
+}
+
 /// `phys_offset` value meaning "no physical mapping known".
 const NO_PHYS_OFFSET: usize = usize::MAX;
 
@@ -251,7 +272,8 @@ impl<P: Platform> SpanHeap<P> {
     }
 
     /// Installs `hook`, called with every refused free (after it is counted), with no
-    /// heap lock held. Without a hook a refused free is only counted, or, in checked
+    /// heap lock held: but when one flush of a cache finds several of its objects
+    /// wrong, all are counted and the hook sees the first. Without a hook a refused free is only counted, or, in checked
     /// mode (feature `checked`), panics with the error's message.
     pub fn set_error_hook(&self, hook: ErrorHook) {
         self.error_hook.store(hook as *mut (), Ordering::Release);
@@ -651,33 +673,36 @@ impl<P: Platform> SpanHeap<P> {
         class: SizeClass,
         n: usize,
     ) {
-        let mut double = None;
+        let mut refused = Refused::default();
         // SAFETY: pinned to the cache's CPU, or the CPU is offline (callers).
         unsafe {
             cache.take_oldest(class, n, |object| {
-                self.put_cached(&mut lists, class, object, &mut double)
+                refused.add(self.put_cached(&mut lists, class, object))
             })
         };
         bump(&cache.counters.flushes);
         drop(lists);
-        if let Some(error) = double {
-            self.report(error);
-        }
+        self.report_refused(refused);
     }
 
     /// Returns `object`, leaving a cache (a CPU's or the transfer cache), to its span
-    /// under the central lock `lists`; a double free found there is kept in `double`,
-    /// for the caller to report once the lock is released.
+    /// under the central lock `lists`; an error is for the caller to report once the
+    /// lock is released.
     fn put_cached(
         &self,
         lists: &mut CentralLists,
         class: SizeClass,
         object: Object,
-        double: &mut Option<FreeError>,
-    ) {
+    ) -> Result<(), FreeError> {
         self.leave_cache(object.addr());
-        if let Err(error) = self.put_locked(lists, class, object.addr().as_ptr() as usize) {
-            *double = Some(error);
+        self.put_locked(lists, class, object.addr().as_ptr() as usize)
+    }
+
+    /// Reports the frees refused under a lock, now released.
+    fn report_refused(&self, refused: Refused) {
+        if let Some(error) = refused.first {
+            self.bad_frees.fetch_add(refused.more, Ordering::Relaxed);
+            self.report(error);
         }
     }
 
@@ -870,6 +895,19 @@ impl<P: Platform> SpanHeap<P> {
     /// 0 is never managed, so no span holds address 0.
     #[inline(always)]
     fn free_addr(&self, addr: usize, layout: Layout) {
+        // Feature `unchecked`: a common layout says the class; the object goes onto
+        // this CPU's cache without its span being looked at. Only a flush to the
+        // span checks it (`put_locked`).
+        #[cfg(feature = "unchecked")]
+        if let Some(class) = crate::size_class::class_of_common(layout.size(), layout.align()) {
+            // A tiny layout may be a sub-object of a block: its span says which.
+            if class != TINY_SOURCE_CLASS || !self.wants_tiny(layout) {
+                if let Some(ptr) = NonNull::new(addr as *mut u8) {
+                    self.push_free(class, ptr);
+                }
+                return;
+            }
+        }
         match self.span_of_near(addr) {
             // SAFETY: `addr` lies in a span, which holds no page 0: not null.
             Some((arena, span)) => self.free_in(arena, span, unsafe { nonnull(addr) }, layout),
@@ -977,11 +1015,20 @@ impl<P: Platform> SpanHeap<P> {
         if !s.enter_cache(index) {
             return self.refuse(addr, |ptr| FreeError::DoubleFree { ptr });
         }
+        self.push_free(class, ptr);
+    }
+
+    /// Pushes the object `ptr` of `class`, given up by its caller, onto this CPU's
+    /// cache: the free fast path once the object is known (or, with the feature
+    /// `unchecked`, trusted) to be an allocated object of `class`.
+    #[inline(always)]
+    fn push_free(&self, class: SizeClass, ptr: NonNull<u8>) {
         self.poison(ptr, class.size());
         let pin = Pinned::<P>::enter();
         if let Some(cache) = self.cache(&pin) {
-            // SAFETY: pinned to the cache's CPU; the object is allocated, of `class`,
-            // and the caller gives it up.
+            // SAFETY: pinned to the cache's CPU; the object is allocated, of `class`
+            // (checked by the caller, or trusted with the feature `unchecked`), and the
+            // caller gives it up.
             if unsafe { cache.push(class, Object::new(ptr, false)) } {
                 bump(&cache.counters.frees);
                 return;
@@ -1068,7 +1115,14 @@ impl<P: Platform> SpanHeap<P> {
         // SAFETY: the span is a live small span of `class` (checked at the free); its
         // bitmap is read under the class's central lock.
         let s = unsafe { span.as_ref() };
-        debug_assert_eq!(s.class, Some(class), "checked at the free");
+        // Checked at the free, except with the feature `unchecked`.
+        if s.class != Some(class) {
+            return Err(FreeError::WrongLayout {
+                ptr: addr,
+                layout: class.layout(),
+                expected_size: s.object_size as usize,
+            });
+        }
         let index = s
             .object_index(addr)
             .ok_or(FreeError::Interior { ptr: addr })?;
@@ -1335,21 +1389,17 @@ impl<P: Platform> SpanHeap<P> {
             return;
         }
         let mut pool = self.stacks.pools[order].lock();
-        let mut error = None;
+        let mut refused = Refused::default();
         for _ in 0..n {
             // SAFETY: pinned to the cache's CPU, or the CPU is offline (callers).
             let Some(base) = (unsafe { cache.pop_stack(order) }) else {
                 break;
             };
             self.leave_cache(base);
-            if let Err(e) = self.put_stack_locked(&mut pool, base.as_ptr() as usize) {
-                error = Some(e);
-            }
+            refused.add(self.put_stack_locked(&mut pool, base.as_ptr() as usize));
         }
         drop(pool);
-        if let Some(error) = error {
-            self.report(error);
-        }
+        self.report_refused(refused);
     }
 
     /// Returns the pooled stack at `addr` to its pool span (the pool's lock is held);
@@ -1415,14 +1465,12 @@ impl<P: Platform> SpanHeap<P> {
     /// Gives every object in `class`'s transfer cache back to its span.
     fn drain_transfer(&self, class: SizeClass) {
         let mut lists = self.centrals[class.index()].lock();
-        let mut double = None;
+        let mut refused = Refused::default();
         while let Some(object) = lists.transfer_take() {
-            self.put_cached(&mut lists, class, object, &mut double);
+            refused.add(self.put_cached(&mut lists, class, object));
         }
         drop(lists);
-        if let Some(error) = double {
-            self.report(error);
-        }
+        self.report_refused(refused);
     }
 
     /// Empties the running CPU's cache into the centrals (memory pressure, or before
@@ -2216,6 +2264,9 @@ mod tests {
         t.heap.check_invariants().unwrap();
     }
 
+    // With the feature `unchecked` these frees are not looked at until a flush: the
+    // next test.
+    #[cfg(not(feature = "unchecked"))]
     #[test]
     fn bad_frees_are_refused_and_counted() {
         static SEEN: AtomicUsize = AtomicUsize::new(0);
@@ -2248,6 +2299,69 @@ mod tests {
         t.heap.check_invariants().unwrap();
         // SAFETY: still live.
         unsafe { t.heap.deallocate(keep, l) };
+    }
+
+    /// Feature `unchecked`: a free of a common layout is not checked at the free. Its
+    /// object is refused when it leaves the cache for its span, and nothing else is
+    /// harmed; every refusal of one flush is counted. Frees of other layouts (large
+    /// here) still go through their span at once.
+    #[cfg(feature = "unchecked")]
+    #[test]
+    fn unchecked_frees_are_refused_when_their_objects_leave_the_cache() {
+        static SEEN: std::sync::Mutex<Vec<FreeError>> = std::sync::Mutex::new(Vec::new());
+        let t = TestHeap::new(8 << 20, 4 << 20);
+        t.heap
+            .set_error_hook(|error| SEEN.lock().unwrap().push(*error));
+        let l = layout(48, 8);
+        let p = t.heap.allocate(l).unwrap();
+        let q = t.heap.allocate(layout(64, 8)).unwrap();
+        let mut outside = [0u64; 8];
+        let outside_ptr = NonNull::from(&mut outside).cast::<u8>();
+        let interior = p.as_ptr() as usize + 8;
+        // SAFETY: wrong frees: the first three go into this CPU's cache untouched,
+        // and no allocation takes them out before the flush refuses them.
+        unsafe {
+            t.heap.deallocate(outside_ptr, l); // foreign
+            t.heap.deallocate(nonnull(interior), l); // interior
+            t.heap.deallocate(q, layout(100, 8)); // a 64-byte object freed as 112
+            t.heap.deallocate(p, layout(4000, 8)); // not a common layout: refused now
+        }
+        assert_eq!(
+            t.heap.stats().bad_frees,
+            1,
+            "only the uncommon layout at once"
+        );
+        t.heap.drain_cpu();
+        let stats = t.heap.stats();
+        assert_eq!(stats.bad_frees, 4);
+        assert_eq!(stats.cached_bytes, 0);
+        // The two 48-byte frees were refused in one flush: the hook saw the first.
+        let seen = SEEN.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert!(
+            matches!(seen[0], FreeError::WrongLayout { ptr, expected_size: 48, .. } if ptr == p.as_ptr() as usize)
+        );
+        let foreign = FreeError::Foreign {
+            ptr: outside_ptr.as_ptr() as usize,
+        };
+        assert!(seen.contains(&foreign), "{seen:?}");
+        assert!(seen.iter().any(|e| matches!(e, FreeError::WrongLayout { ptr, expected_size: 64, .. } if *ptr == q.as_ptr() as usize)), "{seen:?}");
+        if !cfg!(feature = "debug-fill") {
+            // (Poisoning writes its fill at the free, wherever the pointer points.)
+            assert_eq!(outside, [0; 8], "the foreign memory was not written");
+        }
+        // Both objects are still allocated, and free normally.
+        assert_eq!(stats.in_use_bytes, 48 + 64);
+        t.heap.check_invariants().unwrap();
+        // SAFETY: both live, with their layouts.
+        unsafe {
+            t.heap.deallocate(p, l);
+            t.heap.deallocate(q, layout(64, 8));
+        }
+        t.heap.drain_cpu();
+        let stats = t.heap.stats();
+        assert_eq!((stats.in_use_bytes, stats.bad_frees), (0, 4));
+        t.heap.check_invariants().unwrap();
     }
 
     /// A platform whose threads get CPU 0 only on a slow path (`claim_index`), as

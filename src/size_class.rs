@@ -503,6 +503,14 @@ impl SizeClass {
         self.info().size as usize
     }
 
+    /// The layout of one object: the class's size, aligned to [`CLASS_GRANULE`] (what
+    /// every layout of the class is rounded up to).
+    pub(crate) fn layout(self) -> core::alloc::Layout {
+        // SAFETY: the alignment is a power of two, and the size (a multiple of it, at
+        // most MAX_SMALL_SIZE) does not overflow isize when rounded up to it.
+        unsafe { core::alloc::Layout::from_size_align_unchecked(self.size(), CLASS_GRANULE) }
+    }
+
     /// The smallest request size whose class (for an alignment of at most 8) is this
     /// one: one more than the previous class's size, or 0 for the first class.
     pub(crate) const fn min_request(self) -> usize {
@@ -571,12 +579,21 @@ impl SizeClass {
 #[inline(always)]
 pub fn class_of(size: usize, align: usize) -> Option<SizeClass> {
     debug_assert!(align.is_power_of_two(), "align is a power of two");
-    if size <= SMALL_SIZE_MAX && align <= CLASS_GRANULE {
-        // Every class is a multiple of CLASS_GRANULE (checked below), so such an alignment
-        // never moves the class up.
-        return Some(SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)]);
+    if let Some(class) = class_of_common(size, align) {
+        return Some(class);
     }
     class_of_aligned(size, align)
+}
+
+/// [`class_of`] for the common request (`size <= 1024`, `align <= 8`): two compares
+/// and one table load, inlined; `None` for every other request (which `class_of`
+/// answers out of line).
+#[inline(always)]
+pub(crate) fn class_of_common(size: usize, align: usize) -> Option<SizeClass> {
+    // Every class is a multiple of CLASS_GRANULE (checked below), so such an alignment
+    // never moves the class up.
+    (size <= SMALL_SIZE_MAX && align <= CLASS_GRANULE)
+        .then(|| SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)])
 }
 
 #[inline(never)]
