@@ -11,6 +11,11 @@
 //! crate's `kbench` profile, release code without them, for the library and the peers
 //! alike; the checked-mode kernels ([`CHECKED_KERNELS`]) with the kernel crate's
 //! `checked` feature, in `target/kernel-checked`.
+//!
+//! `SPANHEAP_KERNEL_FEATURES` (for example `unchecked`) adds kernel crate features
+//! to every kernel but the checked-mode ones; the runner's reports name them
+//! (`KERNEL_FEATURES`). Use a target directory of its own for such a build, or the
+//! next plain build rebuilds every kernel.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -37,6 +42,11 @@ fn main() {
     for path in ["src", "Cargo.toml"] {
         println!("cargo:rerun-if-changed={}", workspace.join(path).display());
     }
+
+    println!("cargo:rerun-if-env-changed=SPANHEAP_KERNEL_FEATURES");
+    let features = env::var("SPANHEAP_KERNEL_FEATURES").unwrap_or_default();
+    let features = features.trim();
+    println!("cargo:rustc-env=KERNEL_FEATURES={features}");
 
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets it"));
     // A relative CARGO_TARGET_DIR is taken from the workspace root, as cargo does
@@ -70,8 +80,13 @@ fn main() {
             .expect("could not start cargo to build the kernels");
         assert!(status.success(), "building the kernels failed ({status})");
     };
-    build_kernels(&target_dir, &["--bins", "--release"]);
+    let mut release_args = vec!["--bins", "--release"];
     let mut bench_args = vec!["--profile", "kbench"];
+    if !features.is_empty() {
+        release_args.extend(["--features", features]);
+        bench_args.extend(["--features", features]);
+    }
+    build_kernels(&target_dir, &release_args);
     for name in BENCH_KERNELS {
         bench_args.extend(["--bin", name]);
     }

@@ -435,6 +435,13 @@ pub fn markdown(results: &Results) -> String {
         results.load.1,
         results.wall.as_secs_f64()
     );
+    let features = env!("KERNEL_FEATURES");
+    if !features.is_empty() {
+        let _ = writeln!(
+            md,
+            "Kernels built with the kernel crate's features: `{features}`.\n"
+        );
+    }
     if !results.icount.is_empty() {
         write_icount(&mut md, &results.icount);
     }
