@@ -272,9 +272,10 @@ impl<P: Platform> SpanHeap<P> {
     }
 
     /// Installs `hook`, called with every refused free (after it is counted), with no
-    /// heap lock held: but when one flush of a cache finds several of its objects
-    /// wrong, all are counted and the hook sees the first. Without a hook a refused free is only counted, or, in checked
-    /// mode (feature `checked`), panics with the error's message.
+    /// heap lock held; when one flush of a cache finds several of its objects wrong,
+    /// all are counted and the hook sees the first. Without a hook a refused free is
+    /// only counted, or, in checked mode (feature `checked`), panics with the error's
+    /// message.
     pub fn set_error_hook(&self, hook: ErrorHook) {
         self.error_hook.store(hook as *mut (), Ordering::Release);
     }
@@ -1112,10 +1113,11 @@ impl<P: Platform> SpanHeap<P> {
         addr: usize,
     ) -> Result<(), FreeError> {
         let (arena, span) = self.span_of(addr).ok_or(FreeError::Foreign { ptr: addr })?;
-        // SAFETY: the span is a live small span of `class` (checked at the free); its
-        // bitmap is read under the class's central lock.
+        // SAFETY: a span in the map is a live descriptor. Its class was checked at the
+        // free (except with the feature `unchecked`, where a wrong free may name a
+        // span of another class or a large one: refused below, before its bitmap is
+        // read); the bitmap of a span of `class` is read under the class's lock.
         let s = unsafe { span.as_ref() };
-        // Checked at the free, except with the feature `unchecked`.
         if s.class != Some(class) {
             return Err(FreeError::WrongLayout {
                 ptr: addr,
