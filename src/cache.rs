@@ -26,9 +26,10 @@
 //!
 //! # Invariants
 //!
-//! - `OFFSETS[c] <= top[c] <= OFFSETS[c + 1]`; slots `OFFSETS[c] .. top[c]` hold addresses
-//!   of distinct objects of class `c`, each allocated in its span's bitmap and held by
-//!   no one else (`| 1` when known zeroed);
+//! - `bounds == OFFSETS` (never written after `init`);
+//! - `OFFSETS[c] <= top[c] <= OFFSETS[c + 1]`; slots `OFFSETS[c] .. top[c]` hold
+//!   addresses of distinct objects of class `c`, each allocated in its span's bitmap
+//!   and held by no one else (`| 1` when known zeroed);
 //! - so for a class: `central.allocated == in use by callers + sum over CPUs of len`.
 
 use crate::central::Object;
@@ -92,8 +93,12 @@ pub(crate) fn bump(counter: &AtomicUsize) {
 #[repr(C)]
 pub(crate) struct CpuCache {
     /// Per class: the slot above the stack's newest object, as an index into `slots`
-    /// (`OFFSETS[c] + len`), so that a push or pop loads one bound from `OFFSETS`.
+    /// (`OFFSETS[c] + len`).
     top: [AtomicU32; NUM_CLASSES],
+    /// A copy of `OFFSETS`, next to `top`: a pop compares `top[c]` with `bounds[c]`,
+    /// a push with `bounds[c + 1]`, at offsets from the cache's own address (no
+    /// table address to form first).
+    bounds: [u32; NUM_CLASSES + 1],
     pub(crate) counters: Counters,
     /// The current tiny block (0: none) and the bump offset inside it (see `tiny`).
     pub(crate) tiny_block: AtomicUsize,
@@ -122,6 +127,7 @@ impl CpuCache {
         unsafe {
             let c = cache.as_ptr();
             addr_of_mut!((*c).top).write(core::array::from_fn(|c| AtomicU32::new(OFFSETS[c])));
+            addr_of_mut!((*c).bounds).write(OFFSETS);
             addr_of_mut!((*c).counters).write(Counters::default());
             addr_of_mut!((*c).tiny_block).write(AtomicUsize::new(0));
             addr_of_mut!((*c).tiny_offset).write(AtomicUsize::new(0));
@@ -163,7 +169,7 @@ impl CpuCache {
     #[inline(always)]
     pub(crate) unsafe fn pop(&self, class: SizeClass) -> Option<Object> {
         let top = self.top[class.index()].load(Relaxed);
-        if top == OFFSETS[class.index()] {
+        if top == self.bounds[class.index()] {
             return None;
         }
         // SAFETY: `top - 1` is a slot of this stack below its top, so initialised
@@ -182,7 +188,7 @@ impl CpuCache {
     #[inline(always)]
     pub(crate) unsafe fn push(&self, class: SizeClass, object: Object) -> bool {
         let top = self.top[class.index()].load(Relaxed);
-        if top == OFFSETS[class.index() + 1] {
+        if top == self.bounds[class.index() + 1] {
             return false;
         }
         // SAFETY: `top` is below the next class's first slot: a slot of this stack;
