@@ -58,7 +58,9 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use spin::{Mutex, MutexGuard};
 
 /// A free the heap refused because it can prove it wrong. The memory is left as it
-/// was; nothing else is touched.
+/// was; nothing else is touched. (With the feature `unchecked`, a wrong free of a
+/// common layout is found, if at all, only when its object leaves a CPU cache: the
+/// cache may have handed the pointer out again before.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FreeError {
     /// The pointer is not inside any span of this heap (foreign, or already freed
@@ -190,6 +192,7 @@ unsafe fn nonnull(addr: usize) -> NonNull<u8> {
 /// Frees refused under a lock, to be reported once it is released (the hook may
 /// allocate): every one is counted, the first goes to the hook.
 #[derive(Default)]
+#[must_use = "report it (`SpanHeap::report_refused`) once no lock is held"]
 struct Refused {
     first: Option<FreeError>,
     more: usize,
@@ -648,8 +651,9 @@ impl<P: Platform> SpanHeap<P> {
 
     /// Gives the batch of `class`'s oldest objects in `cache` (a full stack) to the
     /// central: whole into its transfer cache when that has room, else back to their
-    /// spans.
-    fn flush_batch(&self, cache: &CpuCache, class: SizeClass) {
+    /// spans. The objects refused there are for the caller to report, once it has
+    /// pushed what it flushed for (the hook may free into this stack).
+    fn flush_batch(&self, cache: &CpuCache, class: SizeClass) -> Refused {
         let n = class.batch();
         let mut lists = self.centrals[class.index()].lock();
         if lists.transfer_room(class) < n {
@@ -659,21 +663,24 @@ impl<P: Platform> SpanHeap<P> {
         // in their spans and in the cache state: the transfer cache is a cache.
         unsafe { cache.take_oldest(class, n, |object| lists.transfer_put(object)) };
         bump(&cache.counters.flushes);
+        Refused::default()
     }
 
     /// Gives the `n` oldest objects of `class` in `cache` back to their spans.
     fn flush(&self, cache: &CpuCache, class: SizeClass, n: usize) {
-        self.flush_locked(self.centrals[class.index()].lock(), cache, class, n);
+        let refused = self.flush_locked(self.centrals[class.index()].lock(), cache, class, n);
+        self.report_refused(refused);
     }
 
-    /// As [`Self::flush`], with the central's lock taken (`lists`).
+    /// As [`Self::flush`], with the central's lock taken (`lists`); releases the lock
+    /// and returns the refused objects, for the caller to report.
     fn flush_locked(
         &self,
         mut lists: MutexGuard<'_, CentralLists>,
         cache: &CpuCache,
         class: SizeClass,
         n: usize,
-    ) {
+    ) -> Refused {
         let mut refused = Refused::default();
         // SAFETY: pinned to the cache's CPU, or the CPU is offline (callers).
         unsafe {
@@ -683,7 +690,7 @@ impl<P: Platform> SpanHeap<P> {
         };
         bump(&cache.counters.flushes);
         drop(lists);
-        self.report_refused(refused);
+        refused
     }
 
     /// Returns `object`, leaving a cache (a CPU's or the transfer cache), to its span
@@ -880,31 +887,47 @@ impl<P: Platform> SpanHeap<P> {
     /// Fast path (a small object aligned to at most 8, room in this CPU's cache): the
     /// span lookup (arena index, span map), one compare of the size against the
     /// span's class, the object index and its bit, a stack push and a counter: about
-    /// 60 instructions, no lock, no stack frame, and no `class_of`: the span says the
+    /// 55 instructions, no lock, no stack frame, and no `class_of`: the span says the
     /// class.
+    ///
+    /// With the feature `unchecked`, a free of a common layout (at most 1 KiB, aligned
+    /// to at most 8, not served from tiny blocks) is not checked: the layout's class
+    /// and a stack push, about 20 instructions. A wrong one may be refused only when
+    /// its object leaves the cache for its span; until then the cache may hand the
+    /// pointer out again.
     ///
     /// # Safety
     ///
     /// `ptr` was returned by this heap for `layout` and is not used after this call.
     #[inline]
     pub unsafe fn deallocate(&self, ptr: NonNull<u8>, layout: Layout) {
-        self.free_addr(ptr.as_ptr() as usize, layout);
+        // SAFETY: the caller's contract is `free_addr`'s.
+        unsafe { self.free_addr(ptr.as_ptr() as usize, layout) };
     }
 
     /// Frees the block at `addr` (`deallocate`'s contract), or ignores a null `addr`
     /// (`GlobalAlloc::dealloc` of null): the null test is off the fast path, as page
     /// 0 is never managed, so no span holds address 0.
+    ///
+    /// # Safety
+    ///
+    /// `addr` is 0, or was returned by this heap for `layout` and is not used after
+    /// this call. Without the feature `unchecked` a wrong `addr` is refused at once
+    /// (or, for a second free of an object in a cache, at its flush); with it, it may
+    /// be handed out again first.
     #[inline(always)]
-    fn free_addr(&self, addr: usize, layout: Layout) {
-        // Feature `unchecked`: a common layout says the class; the object goes onto
+    unsafe fn free_addr(&self, addr: usize, layout: Layout) {
+        // Feature `unchecked` (unless `checked` is on too: checked mode wins): a
+        // common layout says the class; the object goes onto
         // this CPU's cache without its span being looked at. Only a flush to the
         // span checks it (`put_locked`).
-        #[cfg(feature = "unchecked")]
+        #[cfg(all(feature = "unchecked", not(feature = "checked")))]
         if let Some(class) = crate::size_class::class_of_common(layout.size(), layout.align()) {
             // A tiny layout may be a sub-object of a block: its span says which.
             if class != TINY_SOURCE_CLASS || !self.wants_tiny(layout) {
                 if let Some(ptr) = NonNull::new(addr as *mut u8) {
-                    self.push_free(class, ptr);
+                    // SAFETY: an object of `layout` (the caller), so of `class`.
+                    unsafe { self.push_free(class, ptr) };
                 }
                 return;
             }
@@ -1016,14 +1039,21 @@ impl<P: Platform> SpanHeap<P> {
         if !s.enter_cache(index) {
             return self.refuse(addr, |ptr| FreeError::DoubleFree { ptr });
         }
-        self.push_free(class, ptr);
+        // SAFETY: checked above: an allocated object of the span's class, outside
+        // every cache (checked mode) or not provably inside one; the caller gives it
+        // up.
+        unsafe { self.push_free(class, ptr) };
     }
 
     /// Pushes the object `ptr` of `class`, given up by its caller, onto this CPU's
     /// cache: the free fast path once the object is known (or, with the feature
     /// `unchecked`, trusted) to be an allocated object of `class`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` is an allocated object of `class` that its caller gives up.
     #[inline(always)]
-    fn push_free(&self, class: SizeClass, ptr: NonNull<u8>) {
+    unsafe fn push_free(&self, class: SizeClass, ptr: NonNull<u8>) {
         self.poison(ptr, class.size());
         let pin = Pinned::<P>::enter();
         if let Some(cache) = self.cache(&pin) {
@@ -1056,13 +1086,16 @@ impl<P: Platform> SpanHeap<P> {
         let object = Object::new(ptr, false);
         // SAFETY: as in `free_small`; pinned to the cache's CPU.
         let pushed = unsafe { cache.push(class, object) };
+        let mut refused = Refused::default();
         if !pushed {
-            self.flush_batch(cache, class);
-            // SAFETY: as above; the flush made room.
+            refused = self.flush_batch(cache, class);
+            // SAFETY: as above; the flush made room, and nothing ran on this CPU
+            // since (the refusals are reported after the push).
             let pushed = unsafe { cache.push(class, object) };
             debug_assert!(pushed, "a flush makes room");
         }
         bump(&cache.counters.frees);
+        self.report_refused(refused);
     }
 
     #[cold]
@@ -1854,9 +1887,9 @@ unsafe impl<P: Platform> GlobalAlloc for SpanHeap<P> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // GlobalAlloc's contract: `ptr` came from `alloc` with `layout` (null is
-        // ignored).
-        self.free_addr(ptr as usize, layout);
+        // SAFETY: GlobalAlloc's contract: `ptr` came from `alloc` with `layout` and
+        // is given up (null is ignored).
+        unsafe { self.free_addr(ptr as usize, layout) };
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -2268,7 +2301,7 @@ mod tests {
 
     // With the feature `unchecked` these frees are not looked at until a flush: the
     // next test.
-    #[cfg(not(feature = "unchecked"))]
+    #[cfg(any(not(feature = "unchecked"), feature = "checked"))]
     #[test]
     fn bad_frees_are_refused_and_counted() {
         static SEEN: AtomicUsize = AtomicUsize::new(0);
@@ -2307,7 +2340,7 @@ mod tests {
     /// object is refused when it leaves the cache for its span, and nothing else is
     /// harmed; every refusal of one flush is counted. Frees of other layouts (large
     /// here) still go through their span at once.
-    #[cfg(feature = "unchecked")]
+    #[cfg(all(feature = "unchecked", not(feature = "checked")))]
     #[test]
     fn unchecked_frees_are_refused_when_their_objects_leave_the_cache() {
         static SEEN: std::sync::Mutex<Vec<FreeError>> = std::sync::Mutex::new(Vec::new());
@@ -2865,6 +2898,63 @@ mod tests {
             (0, objects.len() + 1)
         );
         heap.check_invariants().unwrap();
+    }
+
+    /// A double free found by the flush that a full stack forces is reported after
+    /// the free that forced it has pushed its object: the error hook may free into
+    /// the same stack (here: enough to fill it), and that object is not lost.
+    #[cfg(not(feature = "checked"))]
+    #[test]
+    fn a_hook_that_frees_into_the_flushed_stack_loses_no_object() {
+        static HEAP: AtomicPtr<SpanHeap<HostThreads>> = AtomicPtr::new(ptr::null_mut());
+        static POOL: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+        let l = layout(64, 8);
+        let t = TestHeap::new(8 << 20, 4 << 20);
+        HEAP.store(ptr::from_ref(&t.heap).cast_mut(), Ordering::Release);
+        t.heap.set_error_hook(|_| {
+            // SAFETY: the test's heap, alive while the test runs.
+            let heap = unsafe { &*HEAP.load(Ordering::Acquire) };
+            for p in core::mem::take(&mut *POOL.lock().unwrap()) {
+                // SAFETY: live objects of `l`, freed once.
+                unsafe { heap.deallocate(nonnull(p), layout(64, 8)) };
+            }
+        });
+        let class = class_of(64, 8).unwrap();
+        let (batch, stack) = (class.batch(), CpuCache::capacity(class));
+        assert_eq!(
+            CentralLists::transfer_capacity(class),
+            stack,
+            "two batches each"
+        );
+        let take = |n: usize| -> Vec<NonNull<u8>> {
+            (0..n).map(|_| t.heap.allocate(l).unwrap()).collect()
+        };
+        // Frees 1..=2 batches fill the stack, the next two batches move whole into
+        // the transfer cache, so the flush forced by free 4 * batch + 1 goes to the
+        // spans: its batch (frees 2 * batch + 1 ..= 3 * batch) holds `x` twice.
+        let x = take(1)[0];
+        let mut frees = take(2 * batch);
+        frees.push(x);
+        frees.push(x);
+        frees.extend(take(2 * batch - 1));
+        let forcing = take(1)[0];
+        POOL.lock()
+            .unwrap()
+            .extend(take(stack).iter().map(|p| p.as_ptr() as usize));
+        // SAFETY: every object freed once, but `x` twice (the bug the flush finds).
+        unsafe {
+            for p in frees {
+                t.heap.deallocate(p, l);
+            }
+            assert_eq!(t.heap.stats().bad_frees, 0, "x sits in the cache twice");
+            t.heap.deallocate(forcing, l);
+        }
+        assert!(POOL.lock().unwrap().is_empty(), "the hook ran");
+        t.heap.trim();
+        let stats = t.heap.stats();
+        assert_eq!(stats.bad_frees, 1);
+        assert_eq!(stats.in_use_bytes, 0, "an object was lost\n{stats}");
+        t.heap.check_invariants().unwrap();
     }
 
     #[test]

@@ -44,9 +44,6 @@
 //!   every other module reaches per-CPU state through `platform::Pinned`.
 #![cfg_attr(not(any(test, feature = "std")), no_std)]
 
-#[cfg(all(feature = "checked", feature = "unchecked"))]
-compile_error!("the features `checked` and `unchecked` exclude each other");
-
 mod arena;
 #[cfg(feature = "bootloader")]
 pub mod bootinfo;
