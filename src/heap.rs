@@ -918,9 +918,8 @@ impl<P: Platform> SpanHeap<P> {
     #[inline(always)]
     unsafe fn free_addr(&self, addr: usize, layout: Layout) {
         // Feature `unchecked` (unless `checked` is on too: checked mode wins): a
-        // common layout says the class; the object goes onto
-        // this CPU's cache without its span being looked at. Only a flush to the
-        // span checks it (`put_locked`).
+        // common layout says the class; the object goes onto this CPU's cache without
+        // its span being looked at. Only a flush to the span checks it (`put_locked`).
         #[cfg(all(feature = "unchecked", not(feature = "checked")))]
         if let Some(class) = crate::size_class::class_of_common(layout.size(), layout.align()) {
             // A tiny layout may be a sub-object of a block: its span says which.
@@ -1085,15 +1084,16 @@ impl<P: Platform> SpanHeap<P> {
         };
         let object = Object::new(ptr, false);
         // SAFETY: as in `free_small`; pinned to the cache's CPU.
-        let pushed = unsafe { cache.push(class, object) };
-        let mut refused = Refused::default();
-        if !pushed {
-            refused = self.flush_batch(cache, class);
+        let refused = if unsafe { cache.push(class, object) } {
+            Refused::default()
+        } else {
+            let refused = self.flush_batch(cache, class);
             // SAFETY: as above; the flush made room, and nothing ran on this CPU
             // since (the refusals are reported after the push).
             let pushed = unsafe { cache.push(class, object) };
             debug_assert!(pushed, "a flush makes room");
-        }
+            refused
+        };
         bump(&cache.counters.frees);
         self.report_refused(refused);
     }
@@ -2373,14 +2373,16 @@ mod tests {
         // The two 48-byte frees were refused in one flush: the hook saw the first.
         let seen = SEEN.lock().unwrap().clone();
         assert_eq!(seen.len(), 3, "{seen:?}");
-        assert!(
-            matches!(seen[0], FreeError::WrongLayout { ptr, expected_size: 48, .. } if ptr == p.as_ptr() as usize)
-        );
+        let wrong_layout = |e: &FreeError, at: NonNull<u8>, size: usize| {
+            matches!(*e, FreeError::WrongLayout { ptr, expected_size, .. }
+                if ptr == at.as_ptr() as usize && expected_size == size)
+        };
+        assert!(wrong_layout(&seen[0], p, 48), "{seen:?}");
         let foreign = FreeError::Foreign {
             ptr: outside_ptr.as_ptr() as usize,
         };
         assert!(seen.contains(&foreign), "{seen:?}");
-        assert!(seen.iter().any(|e| matches!(e, FreeError::WrongLayout { ptr, expected_size: 64, .. } if *ptr == q.as_ptr() as usize)), "{seen:?}");
+        assert!(seen.iter().any(|e| wrong_layout(e, q, 64)), "{seen:?}");
         if !cfg!(feature = "debug-fill") {
             // (Poisoning writes its fill at the free, wherever the pointer points.)
             assert_eq!(outside, [0; 8], "the foreign memory was not written");
