@@ -24,9 +24,14 @@
 //! May call: nothing but itself (and `central::Object`, the word it stores); the
 //! refill and flush that talk to the centrals are in `heap`. Called by: `heap`.
 //!
+//! A CPU without a cache sees [`NO_CACHE`]: stack heads only, every stack empty and
+//! full at once, so its pop and push fail and take the slow path. The fast paths thus
+//! load a cache pointer that is never null and test nothing else ([`AnyCache`]).
+//!
 //! # Invariants
 //!
 //! - `bounds == OFFSETS` (never written after `init`);
+//! - `NO_CACHE`'s `top` and `bounds` are all 0 and never written;
 //! - `OFFSETS[c] <= top[c] <= OFFSETS[c + 1]`; slots `OFFSETS[c] .. top[c]` hold
 //!   addresses of distinct objects of class `c`, each allocated in its span's bitmap
 //!   and held by no one else (`| 1` when known zeroed);
@@ -89,9 +94,10 @@ pub(crate) fn bump(counter: &AtomicUsize) {
     counter.store(counter.load(Relaxed).wrapping_add(1), Relaxed);
 }
 
-/// One CPU's cache. Lives in pages of its own (see [`CpuCache::PAGES`]).
+/// The heads of a cache's stacks: all that a pop or push reads before it knows the
+/// cache is real. The first field of [`CpuCache`].
 #[repr(C)]
-pub(crate) struct CpuCache {
+pub(crate) struct StackHeads {
     /// Per class: the slot above the stack's newest object, as an index into `slots`
     /// (`OFFSETS[c] + len`).
     top: [AtomicU32; NUM_CLASSES],
@@ -99,6 +105,114 @@ pub(crate) struct CpuCache {
     /// a push with `bounds[c + 1]`, at offsets from the cache's own address (no
     /// table address to form first).
     bounds: [u32; NUM_CLASSES + 1],
+}
+
+/// What a CPU without a cache sees: `top[c] == bounds[c] == bounds[c + 1] == 0` for
+/// every class, so every pop finds its stack empty and every push finds it full.
+pub(crate) static NO_CACHE: StackHeads = StackHeads {
+    top: [const { AtomicU32::new(0) }; NUM_CLASSES],
+    bounds: [0; NUM_CLASSES + 1],
+};
+
+/// The running CPU's cache as the fast paths see it: a real [`CpuCache`], or
+/// [`NO_CACHE`]. Only the stack heads are read until a pop or push succeeds, which
+/// proves the cache real.
+#[derive(Clone, Copy)]
+pub(crate) struct AnyCache(NonNull<CpuCache>);
+
+impl AnyCache {
+    /// `NO_CACHE`, as the pointer a cache table holds for a CPU without a cache.
+    pub(crate) const NONE: *mut CpuCache = ptr::addr_of!(NO_CACHE) as *mut CpuCache;
+
+    /// The cache at `cache`, a pointer from a cache table.
+    ///
+    /// # Safety
+    ///
+    /// `cache` is [`Self::NONE`] or an initialised cache that outlives `'a`'s use of
+    /// the result.
+    #[inline(always)]
+    pub(crate) unsafe fn new(cache: *mut CpuCache) -> Self {
+        // SAFETY: neither kind of pointer is null (caller).
+        Self(unsafe { NonNull::new_unchecked(cache) })
+    }
+
+    /// The real cache, `None` for `NO_CACHE`.
+    #[inline(always)]
+    pub(crate) fn real<'a>(self) -> Option<&'a CpuCache> {
+        if self.0.as_ptr() == Self::NONE {
+            // Never a reference: `NO_CACHE` is only the heads.
+            return None;
+        }
+        // SAFETY: not `NO_CACHE`: an initialised cache, living as long as the heap
+        // that handed out the pointer (`new`'s contract).
+        Some(unsafe { self.0.as_ref() })
+    }
+
+    #[inline(always)]
+    fn heads(&self) -> &StackHeads {
+        // SAFETY: both kinds of cache start with their `StackHeads` (`repr(C)`).
+        unsafe { self.0.cast::<StackHeads>().as_ref() }
+    }
+
+    /// Takes the newest object of `class`'s stack, with the (real) cache it came from.
+    ///
+    /// # Safety
+    ///
+    /// The caller is pinned to this cache's CPU.
+    #[inline(always)]
+    pub(crate) unsafe fn pop<'a>(self, class: SizeClass) -> Option<(&'a CpuCache, Object)> {
+        let heads = self.heads();
+        let top = heads.top[class.index()].load(Relaxed);
+        if top == heads.bounds[class.index()] {
+            return None;
+        }
+        // SAFETY: a non-empty stack: the cache is real (`NO_CACHE`'s are all empty).
+        // `top - 1` is a slot of this stack below its top, so initialised (invariant);
+        // only this CPU touches it (caller). The slot's address comes from the raw
+        // cache pointer, which covers the whole cache.
+        let object = unsafe { Self::slots(self.0).add(top as usize - 1).read() };
+        heads.top[class.index()].store(top - 1, Relaxed);
+        // SAFETY: real (above); `new`'s contract.
+        Some((unsafe { self.0.as_ref() }, object))
+    }
+
+    /// Pushes an object of `class`; the (real) cache, or `None` (and nothing done)
+    /// when the stack is full or the cache is `NO_CACHE`.
+    ///
+    /// # Safety
+    ///
+    /// The caller is pinned to this cache's CPU and gives up `object`, an allocated
+    /// object of `class` not in any cache.
+    #[inline(always)]
+    pub(crate) unsafe fn push<'a>(self, class: SizeClass, object: Object) -> Option<&'a CpuCache> {
+        let heads = self.heads();
+        let top = heads.top[class.index()].load(Relaxed);
+        if top == heads.bounds[class.index() + 1] {
+            return None;
+        }
+        // SAFETY: a stack with room: the cache is real (`NO_CACHE`'s are all full).
+        // `top` is below the next class's first slot: a slot of this stack; ours
+        // (caller).
+        unsafe { Self::slots(self.0).add(top as usize).write(object) };
+        heads.top[class.index()].store(top + 1, Relaxed);
+        // SAFETY: real (above); `new`'s contract.
+        Some(unsafe { self.0.as_ref() })
+    }
+
+    /// The first slot of the real cache `cache`, with the raw pointer's provenance.
+    #[inline(always)]
+    fn slots(cache: NonNull<CpuCache>) -> *mut Object {
+        // SAFETY: in bounds of a real cache (callers); `UnsafeCell` has its value's
+        // layout.
+        unsafe { ptr::addr_of_mut!((*cache.as_ptr()).slots) }.cast::<Object>()
+    }
+}
+
+/// One CPU's cache. Lives in pages of its own (see [`CpuCache::PAGES`]).
+#[repr(C)]
+pub(crate) struct CpuCache {
+    /// First, so that [`NO_CACHE`] can stand for a cache ([`AnyCache`]).
+    heads: StackHeads,
     pub(crate) counters: Counters,
     /// The current tiny block (0: none) and the bump offset inside it (see `tiny`).
     pub(crate) tiny_block: AtomicUsize,
@@ -107,7 +221,7 @@ pub(crate) struct CpuCache {
     pub(crate) pages: PageCache,
     stack_len: [AtomicU32; ORDERS],
     stack_slots: UnsafeCell<[[MaybeUninit<usize>; STACK_CACHE]; ORDERS]>,
-    slots: UnsafeCell<[MaybeUninit<usize>; SLOTS]>,
+    slots: UnsafeCell<[MaybeUninit<Object>; SLOTS]>,
 }
 
 impl CpuCache {
@@ -126,8 +240,10 @@ impl CpuCache {
         // may stay uninitialised (MaybeUninit), lengths and counters are written whole.
         unsafe {
             let c = cache.as_ptr();
-            addr_of_mut!((*c).top).write(core::array::from_fn(|c| AtomicU32::new(OFFSETS[c])));
-            addr_of_mut!((*c).bounds).write(OFFSETS);
+            addr_of_mut!((*c).heads).write(StackHeads {
+                top: core::array::from_fn(|c| AtomicU32::new(OFFSETS[c])),
+                bounds: OFFSETS,
+            });
             addr_of_mut!((*c).counters).write(Counters::default());
             addr_of_mut!((*c).tiny_block).write(AtomicUsize::new(0));
             addr_of_mut!((*c).tiny_offset).write(AtomicUsize::new(0));
@@ -140,7 +256,7 @@ impl CpuCache {
     /// Objects in the stack of `class`.
     #[inline(always)]
     pub(crate) fn len(&self, class: SizeClass) -> usize {
-        (self.top[class.index()].load(Relaxed) - OFFSETS[class.index()]) as usize
+        (self.heads.top[class.index()].load(Relaxed) - OFFSETS[class.index()]) as usize
     }
 
     /// Capacity of the stack of `class`.
@@ -150,52 +266,38 @@ impl CpuCache {
     }
 
     #[inline(always)]
-    fn slots_ptr(&self) -> *mut usize {
-        self.slots.get() as *mut usize
-    }
-
-    #[inline(always)]
-    fn slot(&self, class: SizeClass, i: usize) -> *mut usize {
+    fn slot(&self, class: SizeClass, i: usize) -> *mut Object {
         debug_assert!(i < Self::capacity(class));
         // SAFETY: `OFFSETS[c] + i` is inside the slots array (i < capacity).
-        unsafe { self.slots_ptr().add(OFFSETS[class.index()] as usize + i) }
+        unsafe { AnyCache::slots(self.into()).add(OFFSETS[class.index()] as usize + i) }
+    }
+
+    /// This cache as the fast paths see a cache.
+    #[inline(always)]
+    pub(crate) fn any(&self) -> AnyCache {
+        AnyCache(NonNull::from(self))
     }
 
     /// Takes the newest object of `class`'s stack.
     ///
     /// # Safety
     ///
-    /// The caller is pinned to this cache's CPU.
+    /// As [`AnyCache::pop`].
     #[inline(always)]
     pub(crate) unsafe fn pop(&self, class: SizeClass) -> Option<Object> {
-        let top = self.top[class.index()].load(Relaxed);
-        if top == self.bounds[class.index()] {
-            return None;
-        }
-        // SAFETY: `top - 1` is a slot of this stack below its top, so initialised
-        // (invariant); only this CPU touches it (caller).
-        let object = unsafe { self.slots_ptr().add(top as usize - 1).read() };
-        self.top[class.index()].store(top - 1, Relaxed);
-        Some(Object(object))
+        // SAFETY: forwarded from the caller.
+        unsafe { self.any().pop(class) }.map(|(_, object)| object)
     }
 
     /// Pushes an object of `class`; `false` (and nothing done) when the stack is full.
     ///
     /// # Safety
     ///
-    /// The caller is pinned to this cache's CPU and gives up `object`, an allocated
-    /// object of `class` not in any cache.
+    /// As [`AnyCache::push`].
     #[inline(always)]
     pub(crate) unsafe fn push(&self, class: SizeClass, object: Object) -> bool {
-        let top = self.top[class.index()].load(Relaxed);
-        if top == self.bounds[class.index() + 1] {
-            return false;
-        }
-        // SAFETY: `top` is below the next class's first slot: a slot of this stack;
-        // ours (caller).
-        unsafe { self.slots_ptr().add(top as usize).write(object.0) };
-        self.top[class.index()].store(top + 1, Relaxed);
-        true
+        // SAFETY: forwarded from the caller.
+        unsafe { self.any().push(class, object) }.is_some()
     }
 
     /// Removes the `n` oldest objects of `class` (at most the stack's length), moving
@@ -215,14 +317,14 @@ impl CpuCache {
         let n = n.min(len);
         for i in 0..n {
             // SAFETY: `i < len`: an initialised slot, ours (caller).
-            each(Object(unsafe { self.slot(class, i).read() }));
+            each(unsafe { self.slot(class, i).read() });
         }
         if n < len {
             // SAFETY: slots `n..len` move to `0..len - n`, inside the stack (copy
             // handles the overlap).
             unsafe { ptr::copy(self.slot(class, n), self.slot(class, 0), len - n) };
         }
-        self.top[class.index()].store(OFFSETS[class.index()] + (len - n) as u32, Relaxed);
+        self.heads.top[class.index()].store(OFFSETS[class.index()] + (len - n) as u32, Relaxed);
     }
 
     /// Free kernel stacks of pool order `order` held.
@@ -269,8 +371,7 @@ impl CpuCache {
         (0..self.len(class)).map(move |i| {
             // SAFETY: slots below the length are initialised; unchanged meanwhile
             // (caller).
-            let slot = unsafe { self.slot(class, i).read() };
-            Object(slot).addr().as_ptr() as usize
+            unsafe { self.slot(class, i).read() }.addr().as_ptr() as usize
         })
     }
 }
@@ -325,5 +426,49 @@ mod tests {
         // SAFETY: as above.
         let rest: Vec<_> = unsafe { cache.objects(class) }.collect();
         assert_eq!(rest.first(), Some(&(object(3).as_ptr() as usize)));
+    }
+
+    #[test]
+    fn no_cache_is_empty_and_full_for_every_class() {
+        // SAFETY: `NONE` is a valid table pointer.
+        let none = unsafe { AnyCache::new(AnyCache::NONE) };
+        assert!(none.real().is_none());
+        let object = Object::new(NonNull::new(0x1000 as *mut u8).unwrap(), false);
+        for class in SizeClass::all() {
+            // SAFETY: no real cache is touched (the test checks that nothing is).
+            let popped = unsafe { none.pop(class) };
+            assert!(popped.is_none(), "{class:?} pops nothing");
+            // SAFETY: as above.
+            let pushed = unsafe { none.push(class, object) };
+            assert!(pushed.is_none(), "{class:?} takes nothing");
+        }
+        assert!(
+            NO_CACHE.top.iter().all(|top| top.load(Relaxed) == 0),
+            "never written"
+        );
+    }
+
+    #[test]
+    fn a_real_cache_seen_as_any_cache_is_itself() {
+        let pages = vec![0u8; (CpuCache::PAGES + 1) * PAGE_SIZE];
+        let at = (pages.as_ptr() as usize).next_multiple_of(PAGE_SIZE);
+        // SAFETY: page-aligned, inside `pages`, used by nothing else.
+        let cache = unsafe { CpuCache::init(NonNull::new(at as *mut u8).unwrap()) };
+        // SAFETY: initialised above, outlives the test's uses.
+        let any = unsafe { AnyCache::new(cache.as_ptr()) };
+        let real = any.real().expect("a real cache");
+        assert!(ptr::eq(real, cache.as_ptr()));
+        let class = SizeClass::from_index(1).unwrap();
+        let object = Object::new(NonNull::new(0x2000 as *mut u8).unwrap(), true);
+        // SAFETY: the test is the only user of this cache.
+        let pushed = unsafe { any.push(class, object) }.expect("room");
+        assert!(ptr::eq(pushed, real));
+        // SAFETY: as above.
+        let (popped_from, popped) = unsafe { any.pop(class) }.expect("the object");
+        assert!(ptr::eq(popped_from, real));
+        assert_eq!(
+            (popped.addr().as_ptr() as usize, popped.zeroed()),
+            (0x2000, true)
+        );
     }
 }

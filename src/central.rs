@@ -44,6 +44,7 @@ use crate::list::List;
 use crate::page_heap::PageHeap;
 use crate::size_class::{SizeClass, MAX_BATCH};
 use crate::span::{Span, SpanList};
+use core::num::NonZeroUsize;
 use core::ptr::NonNull;
 use spin::Mutex;
 
@@ -89,7 +90,7 @@ impl Central {
                 partial: [const { List::new() }; BUCKETS],
                 nonempty: 0,
                 reserve: List::new(),
-                transfer: [Object(0); TRANSFER_SLOTS],
+                transfer: [PLACEHOLDER; TRANSFER_SLOTS],
                 transfer_len: 0,
                 allocated: 0,
                 spans: 0,
@@ -103,19 +104,23 @@ impl Central {
     }
 }
 
+/// What a transfer cache's slots above its length hold: never read.
+const PLACEHOLDER: Object = Object(NonZeroUsize::MIN);
+
 /// Tag bit of an [`Object`]: the object is known to hold zeroes.
 const ZEROED: usize = 1;
 
 /// An object handed out by a central (and kept in CPU caches): its address, with the
 /// low bit set when it is known to hold zeroes (objects are at least 8-byte aligned).
+/// Never 0, so that an `Option<Object>` is one word (0 for `None`).
 #[derive(Clone, Copy)]
-pub(crate) struct Object(pub(crate) usize);
+pub(crate) struct Object(NonZeroUsize);
 
 impl Object {
     /// The object at `addr` (8-byte aligned at least).
     pub(crate) fn new(addr: NonNull<u8>, zeroed: bool) -> Self {
         debug_assert!(addr.as_ptr() as usize % 8 == 0);
-        Self(addr.as_ptr() as usize | zeroed as usize)
+        Self(addr.addr() | zeroed as usize)
     }
 
     /// The object's address.
@@ -123,13 +128,13 @@ impl Object {
     pub(crate) fn addr(self) -> NonNull<u8> {
         // SAFETY: made from a non-null, 8-byte aligned address; clearing the tag keeps
         // it non-null.
-        unsafe { NonNull::new_unchecked((self.0 & !ZEROED) as *mut u8) }
+        unsafe { NonNull::new_unchecked((self.0.get() & !ZEROED) as *mut u8) }
     }
 
     /// `true` when the object holds zeroes.
     #[inline(always)]
     pub(crate) fn zeroed(self) -> bool {
-        self.0 & ZEROED != 0
+        self.0.get() & ZEROED != 0
     }
 }
 

@@ -31,10 +31,12 @@
 //!   two centrals at once, except in [`SpanHeap::stats`] and
 //!   [`SpanHeap::check_invariants`], which take every central in index order first;
 //! - an address handed out belongs to exactly one live span, found by `span_of`;
-//! - `caches[i]` is null or CPU `i`'s initialised cache, set once by CPU `i` itself.
+//! - `caches[i + 1]` is `AnyCache::NONE` or CPU `i`'s initialised cache, set once by
+//!   CPU `i` itself; `caches[0]`, the entry of a CPU without an index, is always
+//!   `AnyCache::NONE` (the table is indexed by `Platform::cpu_slot`).
 
 use crate::arena::Arena;
-use crate::cache::{bump, CpuCache};
+use crate::cache::{bump, AnyCache, CpuCache};
 use crate::central::{Central, CentralLists, Object, Released};
 use crate::page_cache;
 use crate::page_heap::{ArenaIndex, NewSpan, PageHeap};
@@ -161,7 +163,9 @@ pub struct SpanHeap<P: Platform = Uncached> {
     error_hook: AtomicPtr<()>,
     oom_hook: AtomicPtr<()>,
     phys_offset: AtomicUsize,
-    caches: [AtomicPtr<CpuCache>; MAX_CPUS],
+    /// By [`Platform::cpu_slot`]: first the entry of a CPU without an index, then
+    /// per CPU index its cache.
+    caches: [AtomicPtr<CpuCache>; MAX_CPUS + 1],
     platform: PhantomData<fn() -> P>,
 }
 
@@ -239,7 +243,7 @@ impl<P: Platform> SpanHeap<P> {
             error_hook: AtomicPtr::new(ptr::null_mut()),
             oom_hook: AtomicPtr::new(ptr::null_mut()),
             phys_offset: AtomicUsize::new(NO_PHYS_OFFSET),
-            caches: [const { AtomicPtr::new(ptr::null_mut()) }; MAX_CPUS],
+            caches: [const { AtomicPtr::new(AnyCache::NONE) }; MAX_CPUS + 1],
             platform: PhantomData,
         }
     }
@@ -496,24 +500,37 @@ impl<P: Platform> SpanHeap<P> {
     /// This CPU's cache, if the CPU has an index and its cache exists.
     #[inline(always)]
     fn cache<'a>(&'a self, pin: &Pinned<P>) -> Option<&'a CpuCache> {
-        let cpu = pin.cpu()?;
-        // SAFETY: a non-null entry is an initialised cache living as long as the heap
-        // (invariant); only its CPU writes it, and `pin` says we are that CPU.
-        unsafe { self.caches[cpu].load(Ordering::Acquire).as_ref() }
+        self.any_cache(pin).real()
+    }
+
+    /// This CPU's cache as the fast paths see it: its entry in the cache table, read
+    /// with no test (`NO_CACHE` for a CPU without an index or a cache).
+    #[inline(always)]
+    fn any_cache(&self, pin: &Pinned<P>) -> AnyCache {
+        // SAFETY: `slot() <= MAX_CPUS`, the table's last index (`Pinned::slot`).
+        let entry = unsafe { self.caches.get_unchecked(pin.slot()) };
+        // SAFETY: every entry is `NONE` or an initialised cache living as long as the
+        // heap (invariant); only its CPU writes it, and `pin` says we are that CPU.
+        unsafe { AnyCache::new(entry.load(Ordering::Acquire)) }
+    }
+
+    /// The cache of CPU `index`, if it exists.
+    fn cache_at(&self, index: usize) -> Option<&CpuCache> {
+        let entry = self.caches.get(index.checked_add(1)?)?;
+        // SAFETY: as in `any_cache`.
+        unsafe { AnyCache::new(entry.load(Ordering::Acquire)) }.real()
     }
 
     #[inline(always)]
     fn alloc_small(&self, class: SizeClass) -> Option<Object> {
         {
             let pin = Pinned::<P>::enter();
-            if let Some(cache) = self.cache(&pin) {
-                // SAFETY: pinned to the cache's CPU.
-                if let Some(object) = unsafe { cache.pop(class) } {
-                    self.leave_cache(object.addr());
-                    bump(&cache.counters.allocs);
-                    self.handed_out(object, class);
-                    return Some(object);
-                }
+            // SAFETY: pinned to the cache's CPU.
+            if let Some((cache, object)) = unsafe { self.any_cache(&pin).pop(class) } {
+                self.leave_cache(object.addr());
+                bump(&cache.counters.allocs);
+                self.handed_out(object, class);
+                return Some(object);
             }
         }
         // Out of the critical section so that the call is a tail call with nothing
@@ -598,7 +615,7 @@ impl<P: Platform> SpanHeap<P> {
         let base = unsafe { new.span.as_ref().base } as *mut u8;
         // SAFETY: the span's pages are ours alone, page-aligned, `PAGES` long.
         let cache = unsafe { CpuCache::init(NonNull::new(base)?) };
-        self.caches[cpu].store(cache.as_ptr(), Ordering::Release);
+        self.caches[cpu + 1].store(cache.as_ptr(), Ordering::Release);
         // SAFETY: initialised just now; lives as long as the heap.
         Some(unsafe { cache.as_ref() })
     }
@@ -931,6 +948,25 @@ impl<P: Platform> SpanHeap<P> {
                 return;
             }
         }
+        #[cfg(all(feature = "unchecked", not(feature = "checked")))]
+        return self.free_looked_up(addr, layout);
+        #[cfg(not(all(feature = "unchecked", not(feature = "checked"))))]
+        self.free_by_span(addr, layout)
+    }
+
+    /// Feature `unchecked`: a free that is not of a common layout finds its span, out
+    /// of line, so that the common free falls through to its push with no jump.
+    #[cfg(all(feature = "unchecked", not(feature = "checked")))]
+    #[cold]
+    #[inline(never)]
+    fn free_looked_up(&self, addr: usize, layout: Layout) {
+        self.free_by_span(addr, layout)
+    }
+
+    /// Frees the block at `addr` (or ignores 0) after finding its span: the checked
+    /// free.
+    #[inline(always)]
+    fn free_by_span(&self, addr: usize, layout: Layout) {
         match self.span_of_near(addr) {
             // SAFETY: `addr` lies in a span, which holds no page 0: not null.
             Some((arena, span)) => self.free_in(arena, span, unsafe { nonnull(addr) }, layout),
@@ -1055,14 +1091,12 @@ impl<P: Platform> SpanHeap<P> {
     unsafe fn push_free(&self, class: SizeClass, ptr: NonNull<u8>) {
         self.poison(ptr, class.size());
         let pin = Pinned::<P>::enter();
-        if let Some(cache) = self.cache(&pin) {
-            // SAFETY: pinned to the cache's CPU; the object is allocated, of `class`
-            // (checked by the caller, or trusted with the feature `unchecked`), and the
-            // caller gives it up.
-            if unsafe { cache.push(class, Object::new(ptr, false)) } {
-                bump(&cache.counters.frees);
-                return;
-            }
+        // SAFETY: pinned to the cache's CPU; the object is allocated, of `class`
+        // (checked by the caller, or trusted with the feature `unchecked`), and the
+        // caller gives it up.
+        if let Some(cache) = unsafe { self.any_cache(&pin).push(class, Object::new(ptr, false)) } {
+            bump(&cache.counters.frees);
+            return;
         }
         // A tail call, as in `alloc_small`.
         drop(pin);
@@ -1525,13 +1559,9 @@ impl<P: Platform> SpanHeap<P> {
     /// CPU `index` (or the thread holding it) makes no heap call until this returns:
     /// it is offline, halted, or known to be elsewhere.
     pub unsafe fn drain_offline_cpu(&self, index: usize) {
-        let Some(entry) = self.caches.get(index) else {
-            return;
-        };
         let _pin = Pinned::<P>::enter();
-        // SAFETY: a non-null entry is a live cache (invariant); its CPU is not using it
-        // (caller), so this context has it alone.
-        if let Some(cache) = unsafe { entry.load(Ordering::Acquire).as_ref() } {
+        // Its CPU is not using the cache (caller), so this context has it alone.
+        if let Some(cache) = self.cache_at(index) {
             self.flush_all(cache);
         }
     }
@@ -1539,9 +1569,8 @@ impl<P: Platform> SpanHeap<P> {
     /// Counters of CPU `index`'s cache, `None` when it has none. Read without stopping
     /// the CPU: each counter is exact, the set is not a snapshot.
     pub fn cpu_stats(&self, index: usize) -> Option<CpuStats> {
-        // SAFETY: a non-null entry is a live cache (invariant); only relaxed atomic
-        // loads are made through the reference.
-        let cache = unsafe { self.caches.get(index)?.load(Ordering::Acquire).as_ref()? };
+        // Only relaxed atomic loads are made through the reference.
+        let cache = self.cache_at(index)?;
         let c = &cache.counters;
         Some(CpuStats {
             allocs: c.allocs.load(Ordering::Relaxed),
@@ -1559,10 +1588,7 @@ impl<P: Platform> SpanHeap<P> {
 
     /// The caches that exist, with their CPU index.
     fn caches(&self) -> impl Iterator<Item = (usize, &CpuCache)> + '_ {
-        self.caches.iter().enumerate().filter_map(|(i, entry)| {
-            // SAFETY: a non-null entry is a live cache (invariant).
-            unsafe { entry.load(Ordering::Acquire).as_ref() }.map(|cache| (i, cache))
-        })
+        (0..MAX_CPUS).filter_map(|i| Some((i, self.cache_at(i)?)))
     }
 
     /// Every lock, in lock order: centrals, stack pools, page heap.

@@ -596,6 +596,7 @@ pub(crate) fn class_of_common(size: usize, align: usize) -> Option<SizeClass> {
         .then(|| SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)])
 }
 
+#[cold]
 #[inline(never)]
 fn class_of_aligned(size: usize, align: usize) -> Option<SizeClass> {
     let by_size = if size <= SMALL_SIZE_MAX {

@@ -14,7 +14,8 @@
 //!
 //! Between [`Platform::enter`] and the matching [`Platform::exit`], [`Platform::cpu_index`]
 //! returns the same value on the calling context (except that a context without an
-//! index may get one from [`Platform::claim_index`] and keeps it), and no other context that gets the
+//! index may get one from [`Platform::claim_index`] and keeps it), [`Platform::cpu_slot`]
+//! agrees with it, and no other context that gets the
 //! same index runs heap code: not another CPU or thread, and not an interrupt handler
 //! on this CPU. The per-CPU cache of that index is then the caller's alone.
 
@@ -70,6 +71,18 @@ pub unsafe trait Platform: 'static {
     fn claim_index() -> Option<usize> {
         Self::cpu_index()
     }
+    /// [`Platform::cpu_index`] as a slot of the heap's cache table: `index + 1`, or 0
+    /// when it is `None` (or not below [`MAX_CPUS`]). The fast paths read it and
+    /// index the table with it unchecked: an implementation that overrides it (to
+    /// drop the default's tests) must return exactly that, so never more than
+    /// `MAX_CPUS`.
+    #[inline(always)]
+    fn cpu_slot() -> usize {
+        match Self::cpu_index() {
+            Some(index) if index < MAX_CPUS => index + 1,
+            _ => 0,
+        }
+    }
 }
 
 /// A platform without per-CPU caches: every allocation takes a central's spin lock.
@@ -111,15 +124,17 @@ impl<P: Platform> Pinned<P> {
         }
     }
 
-    /// The running CPU's index, if it has one (below [`MAX_CPUS`]). Read again at
-    /// each call (cheap: a TLS load, RDPID, ...), so that the guard stays a register
-    /// or nothing and slow paths that take `&Pinned` do not force it into memory.
+    /// [`Platform::cpu_slot`]: the running CPU's index + 1, or 0 when it has none;
+    /// never more than [`MAX_CPUS`] (the platform's contract). Read again at each call
+    /// (cheap: a TLS load, RDPID, ...), so that the guard stays a register or nothing
+    /// and slow paths that take `&Pinned` do not force it into memory.
     #[inline(always)]
-    pub(crate) fn cpu(&self) -> Option<usize> {
-        P::cpu_index().filter(|&cpu| cpu < MAX_CPUS)
+    pub(crate) fn slot(&self) -> usize {
+        P::cpu_slot()
     }
 
-    /// As [`Pinned::cpu`], through [`Platform::claim_index`]: for slow paths.
+    /// The running CPU's index, if it has one (below [`MAX_CPUS`]), through
+    /// [`Platform::claim_index`]: for slow paths.
     pub(crate) fn claim_cpu(&self) -> Option<usize> {
         P::claim_index().filter(|&cpu| cpu < MAX_CPUS)
     }

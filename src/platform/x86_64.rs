@@ -106,6 +106,26 @@ fn detect() -> u8 {
     MODE_NONE
 }
 
+/// This CPU's `IA32_TSC_AUX`, or 0 when no CPU has been given an index yet.
+#[inline(always)]
+fn tsc_aux() -> usize {
+    let aux: u64;
+    match MODE.load(Ordering::Relaxed) {
+        // SAFETY: RDPID exists (found by `detect`); it only reads TSC_AUX.
+        MODE_RDPID => unsafe {
+            asm!("rdpid {}", out(reg) aux, options(nomem, nostack, preserves_flags))
+        },
+        MODE_RDTSCP => {
+            let mut low = 0u32;
+            // SAFETY: RDTSCP exists (found by `detect`).
+            unsafe { core::arch::x86_64::__rdtscp(&mut low) };
+            aux = u64::from(low);
+        }
+        _ => return 0,
+    }
+    aux as usize
+}
+
 // SAFETY: interrupts are off between `enter` and `exit`, so the caller is neither
 // preempted (it stays on its CPU) nor interrupted into heap code; `init_cpu` gives
 // each CPU a distinct index and the index of a CPU does not change.
@@ -133,20 +153,13 @@ unsafe impl Platform for X86_64 {
 
     #[inline(always)]
     fn cpu_index() -> Option<usize> {
-        let aux: u64;
-        match MODE.load(Ordering::Relaxed) {
-            // SAFETY: RDPID exists (found by `detect`); it only reads TSC_AUX.
-            MODE_RDPID => unsafe {
-                asm!("rdpid {}", out(reg) aux, options(nomem, nostack, preserves_flags))
-            },
-            MODE_RDTSCP => {
-                let mut low = 0u32;
-                // SAFETY: RDTSCP exists (found by `detect`).
-                unsafe { core::arch::x86_64::__rdtscp(&mut low) };
-                aux = u64::from(low);
-            }
-            _ => return None,
-        }
-        (aux as usize).checked_sub(1)
+        tsc_aux().checked_sub(1)
+    }
+
+    /// `IA32_TSC_AUX` itself: `index + 1` (at most `MAX_CPUS`, as `init_cpu` checks),
+    /// or 0 (module invariant).
+    #[inline(always)]
+    fn cpu_slot() -> usize {
+        tsc_aux()
     }
 }
