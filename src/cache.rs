@@ -128,8 +128,8 @@ impl AnyCache {
     ///
     /// # Safety
     ///
-    /// `cache` is [`Self::NONE`] or an initialised cache that outlives `'a`'s use of
-    /// the result.
+    /// `cache` is [`Self::NONE`] or an initialised cache that outlives every use of
+    /// the references that [`Self::real`], [`Self::pop`] and [`Self::push`] return.
     #[inline(always)]
     pub(crate) unsafe fn new(cache: *mut CpuCache) -> Self {
         // SAFETY: neither kind of pointer is null (caller).

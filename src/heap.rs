@@ -948,24 +948,21 @@ impl<P: Platform> SpanHeap<P> {
                 return;
             }
         }
-        #[cfg(all(feature = "unchecked", not(feature = "checked")))]
-        return self.free_looked_up(addr, layout);
-        #[cfg(not(all(feature = "unchecked", not(feature = "checked"))))]
-        self.free_by_span(addr, layout)
-    }
-
-    /// Feature `unchecked`: a free that is not of a common layout finds its span, out
-    /// of line, so that the common free falls through to its push with no jump.
-    #[cfg(all(feature = "unchecked", not(feature = "checked")))]
-    #[cold]
-    #[inline(never)]
-    fn free_looked_up(&self, addr: usize, layout: Layout) {
         self.free_by_span(addr, layout)
     }
 
     /// Frees the block at `addr` (or ignores 0) after finding its span: the checked
-    /// free.
-    #[inline(always)]
+    /// free. With the feature `unchecked` only uncommon layouts come here, so it is
+    /// out of line and the common free falls through to its push with no jump.
+    #[cfg_attr(
+        all(feature = "unchecked", not(feature = "checked")),
+        cold,
+        inline(never)
+    )]
+    #[cfg_attr(
+        not(all(feature = "unchecked", not(feature = "checked"))),
+        inline(always)
+    )]
     fn free_by_span(&self, addr: usize, layout: Layout) {
         match self.span_of_near(addr) {
             // SAFETY: `addr` lies in a span, which holds no page 0: not null.

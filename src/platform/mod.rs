@@ -71,6 +71,7 @@ pub unsafe trait Platform: 'static {
     fn claim_index() -> Option<usize> {
         Self::cpu_index()
     }
+
     /// [`Platform::cpu_index`] as a slot of the heap's cache table: `index + 1`, or 0
     /// when it is `None` (or not below [`MAX_CPUS`]). The fast paths read it and
     /// index the table with it unchecked: an implementation that overrides it (to
