@@ -8,6 +8,9 @@
 //!   choice before the kernel can name its CPUs.
 //! - [`X86_64`] (x86_64 only): the CPU index from `IA32_TSC_AUX` (RDPID, or RDTSCP
 //!   where RDPID is missing), interrupts off for the critical section.
+//! - [`X86_64Gs`] (x86_64 only): the CPU index from a per-CPU word that GS points at
+//!   (one load), the same critical section. The one to use under QEMU's TCG, and
+//!   where the kernel has a GS-based per-CPU block anyway.
 //! - `HostThreads` (feature `std`): each thread is a CPU, for tests and benchmarks.
 //!
 //! # Invariants
@@ -27,7 +30,7 @@ mod x86_64;
 #[cfg(any(test, feature = "std"))]
 pub use host::HostThreads;
 #[cfg(target_arch = "x86_64")]
-pub use x86_64::{CpuInitError, X86_64};
+pub use x86_64::{CpuInitError, X86_64Gs, X86_64};
 
 use core::marker::PhantomData;
 

@@ -12,20 +12,30 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use bootloader_api::BootInfo;
 use core::fmt::Write;
-use spanheap::platform::X86_64;
+use spanheap::platform::{X86_64Gs, X86_64};
 use spanheap::{bootinfo, SpanHeap};
 
-/// The heap every spanheap kernel allocates from: per-CPU caches, the CPU index in
-/// `IA32_TSC_AUX`, interrupts off inside the heap.
+/// The heap every spanheap kernel allocates from: per-CPU caches, the CPU index in a
+/// per-CPU word through GS (`X86_64Gs`: one load, where RDTSCP takes a lock of QEMU's
+/// under TCG), interrupts off inside the heap.
 #[global_allocator]
-pub static HEAP: SpanHeap<X86_64> = SpanHeap::new();
+pub static HEAP: SpanHeap<X86_64Gs> = SpanHeap::new();
 
 /// Registers the running CPU with the heap as CPU `index` (its cache is created at its
-/// first allocation) and prints the outcome.
+/// first allocation) and prints the outcome. It also writes the index to `IA32_TSC_AUX`
+/// for the `X86_64` platform, which the timer handler and the benchmark's
+/// `spanheap-tscaux` read: unlike GS, TSC_AUX reads 0 (no index) on a CPU that has
+/// not come here yet.
 pub fn register_cpu(index: usize) {
     // SAFETY: ring 0, on the CPU being named, no heap call in progress on it; the
     // kernels give each CPU a distinct index and use TSC_AUX for nothing else.
-    match unsafe { X86_64::init_cpu(index) } {
+    if let Err(error) = unsafe { X86_64::init_cpu(index) } {
+        crate::println!("cpu {index}: no index in TSC_AUX ({error:?})");
+    }
+    // SAFETY: as above; the kernels use GS for nothing else, and every CPU comes here
+    // before its first heap call (the bootstrap CPU from `init`, an AP first thing in
+    // `smp::ap_entry`).
+    match unsafe { X86_64Gs::install(index) } {
         Ok(()) => crate::println!("cpu {index}: registered with the heap"),
         Err(error) => crate::println!("cpu {index}: no per-CPU cache ({error:?})"),
     }

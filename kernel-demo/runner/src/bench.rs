@@ -32,14 +32,15 @@ pub const KERNEL: &str = "bench";
 pub const MEMORY: &str = "1G";
 /// Allocators the kernel runs by default, as it names them.
 pub const DEFAULT_ALLOCS: [&str; 4] = ["spanheap", "talc", "lla", "floor"];
-/// Every allocator the kernel knows, in report order (`spanheap-gs` runs only when
-/// asked for with `allocs=`: spanheap with the CPU index through GS, for diagnosis).
+/// Every allocator the kernel knows, in report order (`spanheap-tscaux` and
+/// `spanheap-percpu` run only when asked for with `allocs=`: spanheap with the CPU
+/// index in `IA32_TSC_AUX`, and one private heap per CPU, for diagnosis).
 pub const ALLOCS: [&str; 6] = [
     "spanheap",
     "talc",
     "lla",
     "floor",
-    "spanheap-gs",
+    "spanheap-tscaux",
     "spanheap-percpu",
 ];
 /// Workloads in report order.

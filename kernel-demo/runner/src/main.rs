@@ -34,7 +34,7 @@ usage: spanheap-runner kernel-bench [--quick] [--out FILE] [--boots N] [--ops N]
   --ops N        operations per CPU and case (default 200 000)
   --cpus LIST    CPU counts under TCG (default 1,2,4; the first is the ratios' base)
   --no-icount    skip the icount boot (instructions per operation)
-  --kernel-args WORDS  more kernel parameters, e.g. \"allocs=spanheap,spanheap-gs,floor irq=off\"";
+  --kernel-args WORDS  more kernel parameters, e.g. \"allocs=spanheap,spanheap-tscaux,floor irq=off\"";
 
 fn main() -> ExitCode {
     match parse(std::env::args().skip(1)) {

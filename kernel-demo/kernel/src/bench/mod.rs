@@ -37,8 +37,8 @@
 //!   thousands of holes per call;
 //! - `reps=N` rounds of every case (default 1), interleaving the subjects;
 //! - `workloads=pairs,larson,xfree` (default all) and `allocs=spanheap,talc,lla,floor`
-//!   (the default; the diagnostic subjects `spanheap-gs` and `spanheap-percpu` run only
-//!   when named, see [`subjects`]);
+//!   (the default; the diagnostic subjects `spanheap-tscaux` and `spanheap-percpu` run
+//!   only when named, see [`subjects`]);
 //! - `irq=off` runs with interrupts disabled (for comparisons).
 //!
 //! The kernel ends with `bench: done cases=N` and the success exit code; a failed check
@@ -63,8 +63,8 @@ use spanheap::SpanHeap;
 use spanheap::{bootinfo, MemoryRange};
 use spin::Once;
 use subjects::{
-    GsIndex, Subject, FLOOR, LLA, MAX_BENCH_CPUS, PERCPU_HEAPS, REGIONS, REGION_ALIGN, REGION_SIZE,
-    SPANHEAP, SPANHEAP_GS, SPANHEAP_PERCPU, TALC,
+    Subject, FLOOR, LLA, MAX_BENCH_CPUS, PERCPU_HEAPS, REGIONS, REGION_ALIGN, REGION_SIZE,
+    SPANHEAP, SPANHEAP_PERCPU, SPANHEAP_TSCAUX, TALC,
 };
 use sync::{Barrier, CpuRecord};
 use workloads::{Cx, Tally};
@@ -119,8 +119,8 @@ pub enum Alloc {
     Lla,
     /// [`FLOOR`].
     Floor,
-    /// [`SPANHEAP_GS`] (run only when asked for).
-    SpanheapGs,
+    /// [`SPANHEAP_TSCAUX`] (run only when asked for).
+    SpanheapTscAux,
     /// [`SPANHEAP_PERCPU`] (run only when asked for).
     SpanheapPercpu,
 }
@@ -132,7 +132,7 @@ impl Alloc {
         Alloc::Talc,
         Alloc::Lla,
         Alloc::Floor,
-        Alloc::SpanheapGs,
+        Alloc::SpanheapTscAux,
         Alloc::SpanheapPercpu,
     ];
 
@@ -143,7 +143,7 @@ impl Alloc {
             Alloc::Talc => "talc",
             Alloc::Lla => "lla",
             Alloc::Floor => "floor",
-            Alloc::SpanheapGs => "spanheap-gs",
+            Alloc::SpanheapTscAux => "spanheap-tscaux",
             Alloc::SpanheapPercpu => "spanheap-percpu",
         }
     }
@@ -172,7 +172,7 @@ impl Params {
         lla_div: 20,
         reps: 1,
         workloads: 0b111,
-        // Not spanheap-gs.
+        // Not the diagnostic subjects.
         allocs: 0b1111,
         irq: true,
     };
@@ -274,9 +274,6 @@ pub fn main(boot_info: &'static BootInfo) -> ! {
     for region in regions {
         touch(region);
     }
-    // SAFETY: ring 0, the bootstrap CPU as CPU 0, outside heap code; nothing else uses
-    // GS. Before `subjects::init`, whose `add_memory` pins to the CPU.
-    unsafe { GsIndex::init_cpu(0) };
     // SAFETY: the regions were carved out of usable memory that the global heap did
     // not get, are mapped (physical-memory mapping), and no CPU runs a case yet.
     unsafe { subjects::init(regions, cpus) };
@@ -311,7 +308,7 @@ pub fn main(boot_info: &'static BootInfo) -> ! {
     crate::exit_qemu(crate::QemuExitCode::Success)
 }
 
-/// How spanheap's `X86_64` platform reads the CPU index here: RDPID when CPUID says
+/// How the `X86_64` platform (spanheap-tscaux) reads the CPU index here: RDPID when CPUID says
 /// the CPU has it (leaf 7, ECX bit 22), else RDTSCP (which TCG runs as a TSC read).
 fn cpu_index_instruction() -> &'static str {
     // Leaf 7 is read only when the maximum leaf (leaf 0's EAX) reaches it.
@@ -369,14 +366,12 @@ fn touch(region: MemoryRange) {
 }
 
 /// Gets CPU `cpu` ready for cases: the IDT (the bootstrap CPU's is loaded by
-/// `interrupts::init`), its GS word for spanheap-gs, and the interrupt flag.
+/// `interrupts::init`) and the interrupt flag (`heap::register_cpu` gave it its
+/// index for both spanheap platforms).
 fn enter_cases(cpu: usize, params: &Params) {
     if cpu != 0 {
         interrupts::init_cpu();
     }
-    // SAFETY: ring 0, on CPU `cpu` (distinct per CPU, below MAX_BENCH_CPUS), outside
-    // heap code; the kernels use GS for nothing else.
-    unsafe { GsIndex::init_cpu(cpu) };
     if params.irq {
         x86_64::instructions::interrupts::enable();
     }
@@ -426,9 +421,9 @@ fn run_case(cpu: usize, cpus: usize, case: usize) {
         Alloc::Talc => run_workload(workload, &TALC, &cx),
         Alloc::Lla => run_workload(workload, &LLA, &cx),
         Alloc::Floor => run_workload(workload, &FLOOR, &cx),
-        Alloc::SpanheapGs => {
-            let tally = run_workload(workload, &SPANHEAP_GS, &cx);
-            SPANHEAP_GS.drain_cpu();
+        Alloc::SpanheapTscAux => {
+            let tally = run_workload(workload, &SPANHEAP_TSCAUX, &cx);
+            SPANHEAP_TSCAUX.drain_cpu();
             tally
         }
         Alloc::SpanheapPercpu => {
@@ -463,7 +458,7 @@ fn run_case_on_bsp(rep: usize, workload: Workload, alloc: Alloc, params: &Params
     };
     let case = index(workload, alloc);
     let stats_of = |cpu| match alloc {
-        Alloc::SpanheapGs => SPANHEAP_GS.cpu_stats(cpu),
+        Alloc::SpanheapTscAux => SPANHEAP_TSCAUX.cpu_stats(cpu),
         _ => SPANHEAP.cpu_stats(cpu),
     };
     let before: [_; MAX_BENCH_CPUS] = core::array::from_fn(stats_of);
@@ -504,9 +499,9 @@ fn run_case_on_bsp(rep: usize, workload: Workload, alloc: Alloc, params: &Params
             print_cache_traffic(&SPANHEAP, alloc, workload, cpus, &before);
             subjects::spanheap_is_empty(&SPANHEAP)
         }
-        Alloc::SpanheapGs => {
-            print_cache_traffic(&SPANHEAP_GS, alloc, workload, cpus, &before);
-            subjects::spanheap_is_empty(&SPANHEAP_GS)
+        Alloc::SpanheapTscAux => {
+            print_cache_traffic(&SPANHEAP_TSCAUX, alloc, workload, cpus, &before);
+            subjects::spanheap_is_empty(&SPANHEAP_TSCAUX)
         }
         Alloc::SpanheapPercpu => SPANHEAP_PERCPU
             .0

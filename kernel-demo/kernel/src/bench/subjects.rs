@@ -1,19 +1,20 @@
 //! The allocators the benchmark measures, each over a region of its own of the same
 //! size ([`REGION_SIZE`]), and the checks that each gave everything back after a case.
 //!
-//! - `spanheap`: a `SpanHeap<X86_64>` of its own ([`SPANHEAP`]), not the kernel's
-//!   global heap, with the same platform (the CPU index in `IA32_TSC_AUX`, interrupts
-//!   off inside the heap), so the measured heap holds nothing but the workload;
+//! - `spanheap`: a `SpanHeap<X86_64Gs>` of its own ([`SPANHEAP`]), not the kernel's
+//!   global heap, with the same platform (the CPU index in a per-CPU word through GS,
+//!   interrupts off inside the heap), so the measured heap holds nothing but the
+//!   workload;
 //! - `talc`: `talc::TalcLock<spinning_top::RawSpinlock, Manual>` over a claimed region
 //!   (talc's documented lock);
 //! - `lla`: `linked_list_allocator::LockedHeap` (a spinning_top spin lock inside);
-//! - `spanheap-gs` (on request only): a second `SpanHeap` whose platform
-//!   ([`GsIndex`]) reads the CPU index from a per-CPU word through GS (one load)
-//!   instead of RDPID / RDTSCP, with the same interrupts-off critical section: what the
-//!   CPU-index instruction costs (QEMU's TCG has no RDPID, and runs RDTSCP as a
-//!   helper that reads the host clock);
+//! - `spanheap-tscaux` (on request only): a second `SpanHeap` on the `X86_64` platform,
+//!   which reads the CPU index from `IA32_TSC_AUX` with RDPID / RDTSCP instead, with
+//!   the same interrupts-off critical section: what that instruction costs (QEMU 7.2's
+//!   TCG has no RDPID, and runs RDTSCP as a helper that reads the virtual clock under a
+//!   lock all vCPUs share);
 //! - `spanheap-percpu` (on request only, at most [`PERCPU_HEAPS`] CPUs): one private
-//!   `SpanHeap<GsIndex>` per CPU over a quarter of a region each, so that no two CPUs
+//!   `SpanHeap<X86_64Gs>` per CPU over a quarter of a region each, so that no two CPUs
 //!   share a central, a span or a cache line of metadata or objects (except in xfree,
 //!   where a CPU frees into the other's heap): spanheap's code without any sharing;
 //! - `floor`: not an allocator: per-CPU LIFO lists of power-of-two cells carved from a
@@ -35,7 +36,7 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
 use core::ptr;
 use core::sync::atomic::{AtomicUsize, Ordering};
-use spanheap::platform::{Platform, X86_64};
+use spanheap::platform::{Platform, X86_64Gs, X86_64};
 use spanheap::{MemoryRange, SpanHeap};
 
 /// Bytes of each subject's region.
@@ -51,22 +52,22 @@ pub const REGIONS: usize = 6;
 pub const PERCPU_HEAPS: usize = 4;
 
 /// The measured spanheap.
-pub static SPANHEAP: SpanHeap<X86_64> = SpanHeap::new();
+pub static SPANHEAP: SpanHeap<X86_64Gs> = SpanHeap::new();
 /// The measured spanheap with the CPU index through GS.
-pub static SPANHEAP_GS: SpanHeap<GsIndex> = SpanHeap::new();
+pub static SPANHEAP_TSCAUX: SpanHeap<X86_64> = SpanHeap::new();
 /// One private spanheap per CPU.
 pub static SPANHEAP_PERCPU: PerCpuHeaps = PerCpuHeaps([const { SpanHeap::new() }; PERCPU_HEAPS]);
 
 /// `spanheap-percpu`: CPU `i` allocates from heap `i` and frees to the heap that owns
 /// the object (found by address: each heap has a quarter of the region).
-pub struct PerCpuHeaps(pub [SpanHeap<GsIndex>; PERCPU_HEAPS]);
+pub struct PerCpuHeaps(pub [SpanHeap<X86_64Gs>; PERCPU_HEAPS]);
 
 /// The heaps' part of the region: each gets `share` bytes from `start`.
 static PERCPU_SPLIT: [AtomicUsize; 2] = [AtomicUsize::new(0), AtomicUsize::new(1)];
 
 impl PerCpuHeaps {
     #[inline(always)]
-    fn owner(&self, ptr: *mut u8) -> &SpanHeap<GsIndex> {
+    fn owner(&self, ptr: *mut u8) -> &SpanHeap<X86_64Gs> {
         let start = PERCPU_SPLIT[0].load(Ordering::Relaxed);
         let share = PERCPU_SPLIT[1].load(Ordering::Relaxed);
         &self.0[(ptr as usize - start) / share]
@@ -154,70 +155,6 @@ impl Subject for linked_list_allocator::LockedHeap {
     unsafe fn free(&self, _cpu: usize, ptr: *mut u8, layout: Layout) {
         // SAFETY: allocated here with `layout` (caller).
         unsafe { GlobalAlloc::dealloc(self, ptr, layout) }
-    }
-}
-
-/// A platform for diagnosis: [`X86_64`]'s critical section (interrupts off), the CPU
-/// index in a per-CPU word at GS offset 0 (set by [`GsIndex::init_cpu`]).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GsIndex;
-
-/// A CPU's word for [`GsIndex`]: `index + 1`, 0 for none.
-#[repr(align(64))]
-struct GsWord(AtomicUsize);
-
-static GS_WORDS: [GsWord; MAX_BENCH_CPUS] = [const { GsWord(AtomicUsize::new(0)) }; MAX_BENCH_CPUS];
-
-/// `IA32_GS_BASE`.
-const GS_BASE_MSR: u32 = 0xC000_0101;
-
-impl GsIndex {
-    /// Makes the running CPU CPU `index` for [`GsIndex`]: points GS at its word.
-    ///
-    /// # Safety
-    ///
-    /// Ring 0, on the CPU being named, outside heap code; each CPU gets a distinct
-    /// index below [`MAX_BENCH_CPUS`]; nothing else uses GS.
-    pub unsafe fn init_cpu(index: usize) {
-        let word = &GS_WORDS[index];
-        word.0.store(index + 1, Ordering::Relaxed);
-        let base = word as *const GsWord as u64;
-        // SAFETY: ring 0 (caller); GS_BASE exists in long mode and nothing else
-        // uses GS (caller).
-        unsafe {
-            core::arch::asm!("wrmsr", in("ecx") GS_BASE_MSR, in("eax") base as u32,
-                             in("edx") (base >> 32) as u32, options(nostack, preserves_flags));
-        }
-    }
-}
-
-// SAFETY: the critical section is X86_64's (interrupts off: no migration, no handler
-// in heap code); each CPU's GS points at its own word, which holds its distinct
-// index and never changes once set (`init_cpu`'s contract).
-unsafe impl Platform for GsIndex {
-    type Saved = bool;
-
-    #[inline(always)]
-    fn enter() -> bool {
-        X86_64::enter()
-    }
-
-    #[inline(always)]
-    unsafe fn exit(saved: bool) {
-        // SAFETY: forwarded from the caller.
-        unsafe { X86_64::exit(saved) }
-    }
-
-    #[inline(always)]
-    fn cpu_index() -> Option<usize> {
-        let word: usize;
-        // SAFETY: a load from this CPU's word: the benchmark points each CPU's GS at it
-        // (`init_cpu`) before that CPU makes any call to SPANHEAP_GS.
-        unsafe {
-            core::arch::asm!("mov {}, gs:[0]", out(reg) word,
-                             options(nostack, preserves_flags, readonly))
-        };
-        word.checked_sub(1)
     }
 }
 
@@ -330,14 +267,14 @@ impl Subject for Floor {
 }
 
 /// Gives each subject its region: `regions` are spanheap's, talc's, lla's, the
-/// floor's, spanheap-gs's and spanheap-percpu's, each [`REGION_SIZE`] bytes.
+/// floor's, spanheap-tscaux's and spanheap-percpu's, each [`REGION_SIZE`] bytes.
 ///
 /// # Safety
 ///
 /// The regions are mapped writable, disjoint, used by nothing else, and stay so; this
 /// runs once, before any CPU runs a case.
 pub unsafe fn init(regions: [MemoryRange; REGIONS], cpus: usize) {
-    let [span, talc, lla, floor, span_gs, percpu] = regions;
+    let [span, talc, lla, floor, span_tscaux, percpu] = regions;
     let share = percpu.len() / PERCPU_HEAPS;
     PERCPU_SPLIT[0].store(percpu.start, Ordering::Relaxed);
     PERCPU_SPLIT[1].store(share, Ordering::Relaxed);
@@ -348,8 +285,8 @@ pub unsafe fn init(regions: [MemoryRange; REGIONS], cpus: usize) {
     }
     // SAFETY: the region is SPANHEAP's alone (caller).
     unsafe { SPANHEAP.add_memory(span) }.expect("spanheap takes its region");
-    // SAFETY: as above, SPANHEAP_GS's alone.
-    unsafe { SPANHEAP_GS.add_memory(span_gs) }.expect("spanheap-gs takes its region");
+    // SAFETY: as above, SPANHEAP_TSCAUX's alone.
+    unsafe { SPANHEAP_TSCAUX.add_memory(span_tscaux) }.expect("spanheap-tscaux takes its region");
     // SAFETY: as above, talc's alone.
     unsafe { TALC.lock().claim(talc.start as *mut u8, talc.len()) }
         .expect("talc claims its region");
