@@ -416,7 +416,7 @@ pub fn markdown(results: &Results) -> String {
         md,
         "Kernel `bench` (kernel-demo/kernel/src/bench), booted by `spanheap-runner kernel-bench`. \
          Every allocator gets its own 128 MiB region; talc and linked_list_allocator (lla) sit \
-         behind spin locks, spanheap is a `SpanHeap<X86_64>` of its own (not the kernel's global \
+         behind spin locks, spanheap is a `SpanHeap<X86_64Gs>` of its own (not the kernel's global \
          heap), interrupts enabled. `floor` is no allocator but per-CPU free lists of \
          power-of-two cells: the harness's own cost (random draws, content stamps and checks, \
          the loop). One operation = one allocation + one free. Workloads: `pairs` 10 000 live \
