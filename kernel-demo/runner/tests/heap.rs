@@ -33,7 +33,11 @@ fn heap_workload_runs_and_stats_balance() {
     assert!(added >= 1, "output:\n{output}");
     assert!(
         output.contains("cpu 0: registered with the heap"),
-        "the BSP registers (RDPID or RDTSCP under -cpu max):\n{output}"
+        "the BSP registers (GS block; TSC_AUX read with RDPID or RDTSCP):\n{output}"
     );
     assert!(output.contains("cpu 0 cache: allocs "), "output:\n{output}");
+    assert!(
+        output.contains("kernel gs block: ok"),
+        "X86_64Gs at two offsets of a kernel's own GS block:\n{output}"
+    );
 }
