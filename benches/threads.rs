@@ -18,9 +18,10 @@
 //! and keeps a LIFO list per cell size; a thread frees its own cells onto its list
 //! with no atomic operation, and another thread's cells onto that thread's remote
 //! list (one compare-exchange), which the owner takes whole (one swap) when its own
-//! list is empty. Its 2-thread / 1-thread ratio is what the workload and the machine
-//! allow: the harness, and objects moving between the cores' caches. An allocator's
-//! ratio is read against it.
+//! list is empty. Without hand-off its 2-thread / 1-thread ratio is what the harness
+//! and the machine allow. With hand-off it is one plain way of giving cells back (a
+//! compare-exchange on a shared line per cross-thread free), not a bound: an
+//! allocator that moves objects in batches can beat it, as spanheap does.
 //!
 //! The host's speed drifts (here a core's throughput changed by up to 1.4x from one
 //! run to the next), so a ratio is only taken within one sample (one allocator with

@@ -13,10 +13,10 @@
 //!   the kernel keeps in its per-CPU block (or in spanheap's, [`X86_64Gs::install`]).
 //!   Cheaper than RDPID on hardware, and much cheaper than RDTSCP under QEMU's TCG,
 //!   whose RDTSCP reads the virtual clock under a lock that every vCPU takes (QEMU 7.2,
-//!   which also lacks RDPID): with two vCPUs, `X86_64` then spent about twice the
-//!   host CPU time per operation that `X86_64Gs` did in the in-kernel benchmark.
-//!   Its price is the contract: GS must point at that block on every CPU that calls
-//!   the heap, from before its first call.
+//!   which also lacks RDPID): in the in-kernel benchmark on two vCPUs, `X86_64` spent
+//!   1.2x to 2x the host CPU time per operation that `X86_64Gs` did. Its price is the
+//!   contract: GS must point at such a block on every CPU that calls the heap, from
+//!   before its first call.
 //! - **Critical section.** `pushfq; cli` on entry, `sti` on exit when interrupts were
 //!   on before. With interrupts off the running code can neither be preempted (so it
 //!   stays on this CPU) nor be interrupted by a handler that allocates (so the handler
@@ -214,9 +214,11 @@ impl<const OFFSET: usize> X86_64Gs<OFFSET> {
     ///
     /// Ring 0, on the CPU being named, with no heap call in progress on it. GS points
     /// at this CPU's own block, in which the 8 bytes at `OFFSET` are writable,
-    /// 8-aligned and used for nothing else, and it keeps pointing there at every heap
-    /// call on this CPU (a kernel that runs user code with `swapgs` calls the heap only
-    /// with its own GS base loaded). No other CPU gets the same index.
+    /// 8-aligned and used for nothing else. At every later heap call on this CPU, GS
+    /// points at such a block of this CPU's whose word holds the value written here
+    /// (this one, or one the kernel moved GS to after copying the word; a kernel that
+    /// runs user code with `swapgs` calls the heap only with its own GS base loaded).
+    /// No other CPU gets the same index.
     pub unsafe fn init_cpu(index: usize) -> Result<(), CpuInitError> {
         if index >= MAX_CPUS {
             return Err(CpuInitError::IndexTooLarge);
@@ -253,9 +255,10 @@ impl X86_64Gs {
     ///
     /// # Safety
     ///
-    /// Ring 0, on the CPU being named, with no heap call in progress on it; nothing
-    /// else sets or uses the GS base on this CPU afterwards; no other CPU gets the
-    /// same index.
+    /// Ring 0, on the CPU being named, with no heap call in progress on it; no other
+    /// CPU gets the same index. Afterwards nothing else uses this block, and GS stays
+    /// on it at every heap call on this CPU unless the kernel moves GS to a block of
+    /// its own as [`X86_64Gs::init_cpu`] describes, with the word copied.
     pub unsafe fn install(index: usize) -> Result<(), CpuInitError> {
         let block = GS_BLOCKS.get(index).ok_or(CpuInitError::IndexTooLarge)?;
         let base = block as *const GsBlock as u64;

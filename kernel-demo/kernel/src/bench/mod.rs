@@ -308,8 +308,9 @@ pub fn main(boot_info: &'static BootInfo) -> ! {
     crate::exit_qemu(crate::QemuExitCode::Success)
 }
 
-/// How the `X86_64` platform (spanheap-tscaux) reads the CPU index here: RDPID when CPUID says
-/// the CPU has it (leaf 7, ECX bit 22), else RDTSCP (which TCG runs as a TSC read).
+/// How the `X86_64` platform (`spanheap-tscaux`) reads the CPU index here: RDPID when
+/// CPUID says the CPU has it (leaf 7, ECX bit 22), else RDTSCP (which TCG runs as a
+/// read of its clock).
 fn cpu_index_instruction() -> &'static str {
     // Leaf 7 is read only when the maximum leaf (leaf 0's EAX) reaches it.
     let rdpid = core::arch::x86_64::__cpuid(0).eax >= 7

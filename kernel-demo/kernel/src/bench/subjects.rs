@@ -51,9 +51,9 @@ pub const REGIONS: usize = 6;
 /// CPUs `spanheap-percpu` serves (one heap each).
 pub const PERCPU_HEAPS: usize = 4;
 
-/// The measured spanheap.
+/// The measured spanheap (the kernels' platform, `X86_64Gs`).
 pub static SPANHEAP: SpanHeap<X86_64Gs> = SpanHeap::new();
-/// The measured spanheap with the CPU index through GS.
+/// `spanheap-tscaux`: the same heap on `X86_64` (the CPU index in `IA32_TSC_AUX`).
 pub static SPANHEAP_TSCAUX: SpanHeap<X86_64> = SpanHeap::new();
 /// One private spanheap per CPU.
 pub static SPANHEAP_PERCPU: PerCpuHeaps = PerCpuHeaps([const { SpanHeap::new() }; PERCPU_HEAPS]);
