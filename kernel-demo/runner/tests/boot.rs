@@ -22,11 +22,42 @@ fn boots_and_uses_physical_memory_mapping() {
 }
 
 #[test]
-fn demo_prints_memory_map() {
+fn demo_prints_memory_map_and_runs_on_every_cpu() {
     let output = must_pass("demo", &Options::default());
     assert!(output.contains("memory map: "), "output:\n{output}");
     assert!(output.contains("Usable"), "output:\n{output}");
     assert!(output.contains("total usable: "), "output:\n{output}");
+    // `./run demo` boots 4 CPUs: each runs the workload from its own cache.
+    assert!(
+        output.contains("smp: 3 more CPUs started"),
+        "output:\n{output}"
+    );
+    for cpu in 0..4 {
+        let line = output
+            .lines()
+            .find(|l| l.starts_with(&format!("cpu {cpu} cache: allocs ")))
+            .unwrap_or_else(|| panic!("no cache line for cpu {cpu}:\n{output}"));
+        let allocs: u64 = line["cpu 0 cache: allocs ".len()..]
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("{line}"));
+        assert!(
+            allocs > 0,
+            "cpu {cpu} served nothing from its cache: {line}"
+        );
+    }
+    assert!(
+        output.contains("caches drained and trimmed"),
+        "output:\n{output}"
+    );
+    // Three stats tables (before, after, after every CPU), each balanced.
+    assert_eq!(
+        output.matches("+ metadata: ok").count(),
+        3,
+        "output:\n{output}"
+    );
+    assert!(!output.contains("BROKEN"), "output:\n{output}");
 }
 
 #[test]
