@@ -63,8 +63,9 @@ const FLOOR_LISTS: usize = larson::MAX_SIZE.trailing_zeros() as usize + 1;
 struct FloorLocal {
     /// Free cells of this thread's half; touched by this thread only.
     lists: UnsafeCell<[*mut u8; FLOOR_LISTS]>,
+    /// The next cell to carve, up to `end`; touched by this thread only.
     next: Cell<usize>,
-    end: Cell<usize>,
+    end: usize,
     /// Cells of this thread's half freed by another thread (pushed there, taken all at
     /// once by this thread when its own list is empty).
     remote: [AtomicPtr<u8>; FLOOR_LISTS],
@@ -76,6 +77,7 @@ struct Floor {
     id: usize,
     claimed: AtomicUsize,
     base: usize,
+    /// Bytes of each thread's half.
     part: usize,
     locals: [Padded<FloorLocal>; FLOOR_THREADS],
 }
@@ -101,25 +103,23 @@ impl Floor {
             "the floor serves {FLOOR_THREADS} threads"
         );
         FLOOR_SLOT.set((self.id, slot));
-        let local = &self.locals[slot].0;
-        local.next.set(self.base + slot * self.part);
-        local.end.set(self.base + (slot + 1) * self.part);
         slot
     }
 }
 
 impl Subject for Floor {
     unsafe fn over(region: &Region) -> Box<Self> {
+        let (base, part) = (region.start(), region.size() / FLOOR_THREADS);
         Box::new(Floor {
             id: FLOOR_IDS.fetch_add(1, Ordering::Relaxed),
             claimed: AtomicUsize::new(0),
-            base: region.start(),
-            part: region.size() / FLOOR_THREADS,
-            locals: std::array::from_fn(|_| {
+            base,
+            part,
+            locals: std::array::from_fn(|slot| {
                 Padded(FloorLocal {
                     lists: UnsafeCell::new([ptr::null_mut(); FLOOR_LISTS]),
-                    next: Cell::new(0),
-                    end: Cell::new(0),
+                    next: Cell::new(base + slot * part),
+                    end: base + (slot + 1) * part,
                     remote: std::array::from_fn(|_| AtomicPtr::new(ptr::null_mut())),
                 })
             }),
@@ -127,8 +127,8 @@ impl Subject for Floor {
     }
 }
 
-// SAFETY: a `FloorLocal`'s `lists`, `next` and `end` are used only by the thread that
-// claimed its slot; `remote` is atomic.
+// SAFETY: a `FloorLocal`'s `lists` and `next` are used only by the thread that claimed
+// its slot; `end` does not change; `remote` is atomic.
 unsafe impl Sync for Floor {}
 
 // SAFETY: cells are carved from the two disjoint halves of the region, aligned to 16
@@ -152,7 +152,7 @@ unsafe impl GlobalAlloc for Floor {
         }
         let cell = 1 << list;
         let next = local.next.get();
-        if local.end.get() - next < cell {
+        if local.end - next < cell {
             return ptr::null_mut();
         }
         local.next.set(next + cell);
@@ -329,12 +329,9 @@ fn main() {
                 larson::ROUND
             ),
         }
-        // Rounds: in each, every allocator runs with one thread, then with two. The
-        // host's speed drifts between modes (a core's throughput changes by up to
-        // 1.4x between runs), so a ratio is only taken within one sample, and a probe
-        // (the floor without hand-off) runs between two samples: a sample counts as
-        // one where the host gave the benchmark two full cores when the probes on both
-        // sides of it scaled GOOD_FLOOR or more.
+        // Rounds of samples with a probe between two samples (see the module doc): a
+        // sample counts as one where the host gave two full cores when the probes on
+        // both sides of it scaled GOOD_FLOOR or more.
         let probe = || sample(None, Variant::Local, steps).ratio();
         let mut samples: Vec<Vec<(Sample, bool)>> = vec![Vec::new(); entries.len()];
         let mut before = probe();

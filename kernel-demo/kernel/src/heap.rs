@@ -1,10 +1,13 @@
 //! The kernels' global allocator: spanheap over the memory the bootloader reports,
-//! and the workload the demo and the heap test run on it.
+//! and the workload the demo and the SMP kernels run on it.
 //!
 //! # Invariants
 //!
 //! - `HEAP` gets the boot memory once, in `init`, before any allocation; each CPU
-//!   registers its index (`register_cpu`) before its first allocation from a cache.
+//!   registers (`register_cpu`, which points its GS at its `X86_64Gs` block) before
+//!   its first heap call of any kind;
+//! - `drain_stopped_aps` runs only after `workload_on_every_cpu` returned (every AP
+//!   halted).
 
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
@@ -58,6 +61,38 @@ pub fn init(boot_info: &BootInfo) {
             None => "",
         }
     );
+}
+
+/// Rounds of [`workload`] each CPU runs in [`workload_on_every_cpu`].
+pub const SMP_ROUNDS: u64 = 300;
+
+fn ap_workload(cpu: usize) {
+    let result = workload(SMP_ROUNDS);
+    assert!(result.map_len > 0);
+    crate::println!("cpu {cpu}: workload done");
+}
+
+/// Starts every AP QEMU provides on [`SMP_ROUNDS`] rounds of [`workload`], runs them on
+/// this CPU too, and returns once every AP has finished and halted: the number of
+/// APs (the CPUs are 0..=aps).
+pub fn workload_on_every_cpu(boot_info: &BootInfo) -> usize {
+    let aps = crate::smp::start_aps(boot_info, ap_workload);
+    crate::println!("smp: {aps} more CPUs started, each runs the workload");
+    let result = workload(SMP_ROUNDS);
+    assert!(result.map_len > 0);
+    crate::smp::wait_done(aps);
+    aps
+}
+
+/// Empties the caches of the halted APs `1..=aps` into the centrals, then trims
+/// (which drains this CPU's cache and the centrals' transfer caches too).
+pub fn drain_stopped_aps(aps: usize) {
+    for cpu in 1..=aps {
+        // SAFETY: every AP has finished its work and halted with interrupts off
+        // (`workload_on_every_cpu` returned).
+        unsafe { HEAP.drain_offline_cpu(cpu) };
+    }
+    HEAP.trim();
 }
 
 /// Results of [`workload`], checked by the heap test.

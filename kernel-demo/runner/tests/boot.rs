@@ -1,5 +1,7 @@
 //! QEMU tests of the boot pipeline: one scenario per kernel binary.
 
+mod common;
+
 use spanheap_runner::{must_pass, run, Failure, Options};
 use std::time::Duration;
 
@@ -33,19 +35,8 @@ fn demo_prints_memory_map_and_runs_on_every_cpu() {
         "output:\n{output}"
     );
     for cpu in 0..4 {
-        let line = output
-            .lines()
-            .find(|l| l.starts_with(&format!("cpu {cpu} cache: allocs ")))
-            .unwrap_or_else(|| panic!("no cache line for cpu {cpu}:\n{output}"));
-        let allocs: u64 = line["cpu 0 cache: allocs ".len()..]
-            .split(' ')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{line}"));
-        assert!(
-            allocs > 0,
-            "cpu {cpu} served nothing from its cache: {line}"
-        );
+        let allocs = common::cache_allocs(&output, cpu);
+        assert!(allocs > 0, "cpu {cpu} served nothing from its cache");
     }
     assert!(
         output.contains("caches drained and trimmed"),

@@ -1,6 +1,8 @@
 //! QEMU tests of SMP bring-up: every CPU QEMU provides starts, registers with the heap
 //! and serves its allocations from its own cache.
 
+mod common;
+
 use spanheap_runner::{must_pass, Options};
 use std::time::Duration;
 
@@ -16,16 +18,8 @@ fn boot(cpus: u32) {
         "output:\n{output}"
     );
     for cpu in 0..cpus {
-        let line = output
-            .lines()
-            .find(|l| l.starts_with(&format!("cpu {cpu} cache: allocs ")))
-            .unwrap_or_else(|| panic!("no stats of cpu {cpu}:\n{output}"));
-        let allocs: usize = line
-            .split_whitespace()
-            .nth(4)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unreadable line {line:?}"));
-        assert!(allocs > 1000, "cpu {cpu} served few allocations: {line}");
+        let allocs = common::cache_allocs(&output, cpu);
+        assert!(allocs > 1000, "cpu {cpu} served few allocations: {allocs}");
     }
     assert!(
         output.contains(&format!("smp test ok: {cpus} CPUs")),

@@ -8,19 +8,12 @@
 
 use bootloader_api::{entry_point, BootInfo};
 use spanheap_kernel::heap::{self, HEAP};
-use spanheap_kernel::{exit_qemu, memory_map, println, smp, QemuExitCode, BOOTLOADER_CONFIG};
+use spanheap_kernel::{exit_qemu, memory_map, println, QemuExitCode, BOOTLOADER_CONFIG};
 
 entry_point!(main, config = &BOOTLOADER_CONFIG);
 
 /// Rounds of the workload on the bootstrap CPU before the others start.
 const ROUNDS: u64 = 2_000;
-/// Rounds of the workload on every CPU once all run.
-const SMP_ROUNDS: u64 = 300;
-
-fn ap_work(cpu: usize) {
-    let result = heap::workload(SMP_ROUNDS);
-    println!("cpu {cpu}: workload done ({} map entries)", result.map_len);
-}
 
 fn main(boot_info: &'static mut BootInfo) -> ! {
     println!("spanheap demo kernel");
@@ -31,22 +24,14 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
     println!("workload: {result:?}");
     println!("after the workload (everything dropped):\n{}", HEAP.stats());
 
-    let aps = smp::start_aps(boot_info, ap_work);
-    println!("smp: {aps} more CPUs started, each runs the workload");
-    heap::workload(SMP_ROUNDS);
-    smp::wait_done(aps);
+    let aps = heap::workload_on_every_cpu(boot_info);
     for cpu in 0..=aps {
         match HEAP.cpu_stats(cpu) {
             Some(stats) => println!("cpu {cpu} cache: {stats}"),
             None => println!("cpu {cpu}: no cache"),
         }
     }
-    for cpu in 1..=aps {
-        // SAFETY: every AP has finished its work and halted with interrupts off.
-        unsafe { HEAP.drain_offline_cpu(cpu) };
-    }
-    HEAP.drain_cpu();
-    HEAP.trim();
+    heap::drain_stopped_aps(aps);
     println!(
         "after every CPU's workload, caches drained and trimmed (the stopped CPUs' \
          stacks stay in use):\n{}",

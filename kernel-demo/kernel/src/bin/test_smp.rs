@@ -9,25 +9,13 @@ extern crate alloc;
 
 use bootloader_api::{entry_point, BootInfo};
 use spanheap_kernel::heap::{self, HEAP};
-use spanheap_kernel::{exit_qemu, println, smp, QemuExitCode, BOOTLOADER_CONFIG};
+use spanheap_kernel::{exit_qemu, println, QemuExitCode, BOOTLOADER_CONFIG};
 
 entry_point!(main, config = &BOOTLOADER_CONFIG);
 
-const ROUNDS: u64 = 300;
-
-fn ap_work(cpu: usize) {
-    let result = heap::workload(ROUNDS);
-    assert!(result.map_len > 0);
-    println!("cpu {cpu}: workload done");
-}
-
 fn main(boot_info: &'static mut BootInfo) -> ! {
     heap::init(boot_info);
-    let aps = smp::start_aps(boot_info, ap_work);
-    println!("smp: {aps} APs started");
-    let result = heap::workload(ROUNDS);
-    assert!(result.map_len > 0);
-    smp::wait_done(aps);
+    let aps = heap::workload_on_every_cpu(boot_info);
     let cpus = aps + 1;
     for cpu in 0..cpus {
         let stats = HEAP
@@ -43,13 +31,9 @@ fn main(boot_info: &'static mut BootInfo) -> ! {
     println!("{stats}");
     assert!(stats.balances());
     assert_eq!(stats.cpu_caches, cpus);
-    // The APs are halted: their caches may be drained from here.
-    for cpu in 1..cpus {
-        // SAFETY: every AP has finished and halted with interrupts off.
-        unsafe { HEAP.drain_offline_cpu(cpu) };
-    }
-    // Then the objects in the centrals' transfer caches go back to their spans.
-    HEAP.trim();
+    // The APs are halted: their caches may be drained from here, then the objects in
+    // the centrals' transfer caches go back to their spans.
+    heap::drain_stopped_aps(aps);
     HEAP.check_invariants().expect("heap invariants");
     let stats = HEAP.stats();
     assert_eq!(stats.cached_bytes, 0);
