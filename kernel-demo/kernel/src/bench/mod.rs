@@ -68,6 +68,7 @@ use subjects::{
 };
 use sync::{Barrier, CpuRecord};
 use workloads::{Cx, Tally};
+use x86_64::registers::control::Cr3;
 
 /// The fw_cfg file holding the parameters.
 const PARAMS_FILE: &str = "opt/spanheap/bench";
@@ -258,6 +259,9 @@ static CASE_OPS: AtomicU64 = AtomicU64::new(0);
 const QUIT: usize = usize::MAX;
 static BARRIER: Barrier = Barrier::new();
 static RECORDS: [CpuRecord; MAX_BENCH_CPUS] = [const { CpuRecord::new() }; MAX_BENCH_CPUS];
+/// Start of the first benchmark region, for [`grow_soft_tlb`]; set before the APs
+/// start.
+static REGION_START: AtomicUsize = AtomicUsize::new(0);
 
 /// Runs the whole benchmark on the bootstrap CPU and leaves QEMU.
 pub fn main(boot_info: &'static BootInfo) -> ! {
@@ -271,6 +275,7 @@ pub fn main(boot_info: &'static BootInfo) -> ! {
     );
     CPUS.store(cpus, Ordering::Relaxed);
     workloads::init_rings();
+    REGION_START.store(regions[0].start, Ordering::Relaxed);
     for region in regions {
         touch(region);
     }
@@ -366,6 +371,37 @@ fn touch(region: MemoryRange) {
     }
 }
 
+/// Pages [`grow_soft_tlb`] reads between two TLB flushes (64 MiB).
+const TLB_WARM_PAGES: usize = 16 * 1024;
+const _: () = assert!(TLB_WARM_PAGES * 4096 <= REGION_SIZE);
+/// Flushes [`grow_soft_tlb`] makes.
+const TLB_WARM_ROUNDS: usize = 8;
+
+/// Lets QEMU's TCG grow this vCPU's software TLB before any case, so that no CPU
+/// measures with a TLB too small for its working set. TCG resizes a vCPU's TLB only
+/// when it flushes it, doubling it when most entries were in use since the last
+/// flush (`tlb_mmu_resize_locked` in accel/tcg/cputlb.c); an AP flushes almost
+/// never after it starts, so it kept its initial 256 entries and took a page walk
+/// on most accesses of a working set of a few hundred pages: in `larson` on a
+/// shared spanheap, whose spans interleave both CPUs' objects, CPU 1 ran at half
+/// CPU 0's speed. A kernel's context switches flush the TLB anyway. Reads one byte
+/// of every page of the first benchmark region then reloads CR3, each round.
+/// Hardware TLBs do not depend on flushes; on them this costs a few milliseconds.
+fn grow_soft_tlb() {
+    let region = REGION_START.load(Ordering::Relaxed);
+    for _ in 0..TLB_WARM_ROUNDS {
+        for page in 0..TLB_WARM_PAGES {
+            // SAFETY: inside the first benchmark region (mapped, written once by
+            // `touch`); a read races with no write that matters (its value is
+            // dropped).
+            unsafe { ((region + page * 4096) as *const u8).read_volatile() };
+        }
+        let (frame, flags) = Cr3::read();
+        // SAFETY: the same page table: only the TLB is flushed.
+        unsafe { Cr3::write(frame, flags) };
+    }
+}
+
 /// Gets CPU `cpu` ready for cases: the IDT (the bootstrap CPU's is loaded by
 /// `interrupts::init`) and the interrupt flag (`heap::register_cpu` gave it its
 /// index for both spanheap platforms).
@@ -373,6 +409,7 @@ fn enter_cases(cpu: usize, params: &Params) {
     if cpu != 0 {
         interrupts::init_cpu();
     }
+    grow_soft_tlb();
     if params.irq {
         x86_64::instructions::interrupts::enable();
     }
@@ -522,7 +559,7 @@ fn run_case_on_bsp(rep: usize, workload: Workload, alloc: Alloc, params: &Params
 }
 
 /// Prints each CPU's spanheap cache refills and flushes during the case (how often it
-/// went to the centrals' locks).
+/// went to the centrals' locks), and the allocations and frees its cache served.
 fn print_cache_traffic<P: Platform>(
     heap: &SpanHeap<P>,
     alloc: Alloc,
@@ -530,29 +567,26 @@ fn print_cache_traffic<P: Platform>(
     cpus: usize,
     before: &[Option<spanheap::CpuStats>; MAX_BENCH_CPUS],
 ) {
+    /// A counter of [`spanheap::CpuStats`].
+    type Field = fn(&spanheap::CpuStats) -> usize;
     print!(
-        "bench: spanheap-cache alloc={} workload={} cpus={cpus} refills=",
+        "bench: spanheap-cache alloc={} workload={} cpus={cpus}",
         alloc.name(),
         workload.name()
     );
-    let delta = |cpu: usize, f: fn(&spanheap::CpuStats) -> usize| {
-        let now = heap.cpu_stats(cpu).map_or(0, |s| f(&s));
-        now - before[cpu].map_or(0, |s| f(&s))
-    };
-    for cpu in 0..cpus {
-        print!(
-            "{}{}",
-            if cpu == 0 { "" } else { "," },
-            delta(cpu, |s| s.refills)
-        );
-    }
-    print!(" flushes=");
-    for cpu in 0..cpus {
-        print!(
-            "{}{}",
-            if cpu == 0 { "" } else { "," },
-            delta(cpu, |s| s.flushes)
-        );
+    let fields: [(&str, Field); 4] = [
+        ("refills", |s| s.refills),
+        ("flushes", |s| s.flushes),
+        ("allocs", |s| s.allocs),
+        ("frees", |s| s.frees),
+    ];
+    for (name, field) in fields {
+        print!(" {name}=");
+        for (cpu, before) in before.iter().enumerate().take(cpus) {
+            let now = heap.cpu_stats(cpu).map_or(0, |s| field(&s));
+            let delta = now - before.map_or(0, |s| field(&s));
+            print!("{}{delta}", if cpu == 0 { "" } else { "," });
+        }
     }
     println!();
 }
