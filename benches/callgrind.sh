@@ -12,8 +12,8 @@
 #        CARGO_TARGET_DIR as for cargo (default target/)
 #        PAIRS_ARGS     more options for the pairs binary, e.g. "--live 1 --size 64"
 #                       (the hot 64-byte pair)
-#        BENCH_FEATURES cargo options for the build, e.g. "--features unchecked"
-#                       (spanheap's unchecked frees)
+#        BENCH_FEATURES cargo options for the build, e.g. "--features verify-frees"
+#                       (spanheap's verified frees)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."

@@ -60,9 +60,9 @@ use core::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
 use spin::{Mutex, MutexGuard};
 
 /// A free the heap refused because it can prove it wrong. The memory is left as it
-/// was; nothing else is touched. (With the feature `unchecked`, a wrong free of a
-/// common layout is found, if at all, only when its object leaves a CPU cache: the
-/// cache may have handed the pointer out again before.)
+/// was; nothing else is touched. (Unless the feature `verify-frees` or `checked` is
+/// on, a wrong free of a common layout is found, if at all, only when its object
+/// leaves a CPU cache: the cache may have handed the pointer out again before.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FreeError {
     /// The pointer is not inside any span of this heap (foreign, or already freed
@@ -81,7 +81,8 @@ pub enum FreeError {
         /// The pointer given.
         ptr: usize,
         /// The layout given. For a free found wrong only when its object left a cache
-        /// (feature `unchecked`): the layout of the class it was freed to.
+        /// (the default free of a common layout): the layout of the class it was freed
+        /// to.
         layout: Layout,
         /// The size the allocation's span serves (its class size or page run).
         expected_size: usize,
@@ -901,17 +902,19 @@ impl<P: Platform> SpanHeap<P> {
     /// Frees memory from [`SpanHeap::allocate`]. A free the heap can prove wrong is
     /// refused and reported (see [`FreeError`]); the memory stays as it was.
     ///
-    /// Fast path (a small object aligned to at most 8, room in this CPU's cache): the
-    /// span lookup (arena index, span map), one compare of the size against the
-    /// span's class, the object index and its bit, a stack push and a counter: about
-    /// 55 instructions, no lock, no stack frame, and no `class_of`: the span says the
-    /// class.
+    /// Fast path (DESIGN.md's: no lookup): a free of a common layout (at most 1 KiB,
+    /// aligned to at most 8, not served from tiny blocks) with room in this CPU's
+    /// cache is the layout's class, a stack push and a counter, about 20
+    /// instructions, no lock, no stack frame. It trusts the caller's layout and
+    /// pointer: a wrong one may be refused only when its object leaves the cache for
+    /// its span (a flush), and until then the cache may hand the pointer out again.
+    /// Other frees find their span first and are checked at once.
     ///
-    /// With the feature `unchecked`, a free of a common layout (at most 1 KiB, aligned
-    /// to at most 8, not served from tiny blocks) is not checked: the layout's class
-    /// and a stack push, about 20 instructions. A wrong one may be refused only when
-    /// its object leaves the cache for its span; until then the cache may hand the
-    /// pointer out again.
+    /// With the feature `verify-frees` (or `checked`) every free finds its span first
+    /// (arena index, span map), compares the size against the span's class, and
+    /// checks the object index and its bit before the push: about 55 instructions,
+    /// and a foreign, interior, wrong-layout free, or a second free of an object back
+    /// in its span, is refused at the free.
     ///
     /// # Safety
     ///
@@ -929,15 +932,16 @@ impl<P: Platform> SpanHeap<P> {
     /// # Safety
     ///
     /// `addr` is 0, or was returned by this heap for `layout` and is not used after
-    /// this call. Without the feature `unchecked` a wrong `addr` is refused at once
-    /// (or, for a second free of an object in a cache, at its flush); with it, it may
-    /// be handed out again first.
+    /// this call. With the feature `verify-frees` or `checked` a wrong `addr` is
+    /// refused at once (or, for a second free of an object in a cache without
+    /// `checked`, at its flush); without them, for a common layout, it may be handed
+    /// out again first.
     #[inline(always)]
     unsafe fn free_addr(&self, addr: usize, layout: Layout) {
-        // Feature `unchecked` (unless `checked` is on too: checked mode wins): a
-        // common layout says the class; the object goes onto this CPU's cache without
-        // its span being looked at. Only a flush to the span checks it (`put_locked`).
-        #[cfg(all(feature = "unchecked", not(feature = "checked")))]
+        // Without `verify-frees` and `checked`: a common layout says the class; the
+        // object goes onto this CPU's cache without its span being looked at. Only a
+        // flush to the span checks it (`put_locked`).
+        #[cfg(not(any(feature = "verify-frees", feature = "checked")))]
         if let Some(class) = crate::size_class::class_of_common(layout.size(), layout.align()) {
             // A tiny layout may be a sub-object of a block: its span says which.
             if class != TINY_SOURCE_CLASS || !self.wants_tiny(layout) {
@@ -952,17 +956,14 @@ impl<P: Platform> SpanHeap<P> {
     }
 
     /// Frees the block at `addr` (or ignores 0) after finding its span: the checked
-    /// free. With the feature `unchecked` only uncommon layouts come here, so it is
-    /// out of line and the common free falls through to its push with no jump.
+    /// free. Without `verify-frees` and `checked` only uncommon layouts come here, so
+    /// it is out of line and the common free falls through to its push with no jump.
     #[cfg_attr(
-        all(feature = "unchecked", not(feature = "checked")),
+        not(any(feature = "verify-frees", feature = "checked")),
         cold,
         inline(never)
     )]
-    #[cfg_attr(
-        not(all(feature = "unchecked", not(feature = "checked"))),
-        inline(always)
-    )]
+    #[cfg_attr(any(feature = "verify-frees", feature = "checked"), inline(always))]
     fn free_by_span(&self, addr: usize, layout: Layout) {
         match self.span_of_near(addr) {
             // SAFETY: `addr` lies in a span, which holds no page 0: not null.
@@ -1078,8 +1079,9 @@ impl<P: Platform> SpanHeap<P> {
     }
 
     /// Pushes the object `ptr` of `class`, given up by its caller, onto this CPU's
-    /// cache: the free fast path once the object is known (or, with the feature
-    /// `unchecked`, trusted) to be an allocated object of `class`.
+    /// cache: the free fast path once the object is trusted (by default, for a common
+    /// layout) or known (after its span was looked up) to be an allocated object of
+    /// `class`.
     ///
     /// # Safety
     ///
@@ -1089,8 +1091,8 @@ impl<P: Platform> SpanHeap<P> {
         self.poison(ptr, class.size());
         let pin = Pinned::<P>::enter();
         // SAFETY: pinned to the cache's CPU; the object is allocated, of `class`
-        // (checked by the caller, or trusted with the feature `unchecked`), and the
-        // caller gives it up.
+        // (checked by the caller, or trusted for a common layout), and the caller
+        // gives it up.
         if let Some(cache) = unsafe { self.any_cache(&pin).push(class, Object::new(ptr, false)) } {
             bump(&cache.counters.frees);
             return;
@@ -1178,9 +1180,10 @@ impl<P: Platform> SpanHeap<P> {
     ) -> Result<(), FreeError> {
         let (arena, span) = self.span_of(addr).ok_or(FreeError::Foreign { ptr: addr })?;
         // SAFETY: a span in the map is a live descriptor. Its class was checked at the
-        // free (except with the feature `unchecked`, where a wrong free may name a
-        // span of another class or a large one: refused below, before its bitmap is
-        // read); the bitmap of a span of `class` is read under the class's lock.
+        // free of an uncommon layout and with `verify-frees` or `checked`; a trusted
+        // free of a common layout may name a span of another class or a large one:
+        // refused below, before its bitmap is read. The bitmap of a span of `class`
+        // is read under the class's lock.
         let s = unsafe { span.as_ref() };
         if s.class != Some(class) {
             return Err(FreeError::WrongLayout {
@@ -2322,9 +2325,9 @@ mod tests {
         t.heap.check_invariants().unwrap();
     }
 
-    // With the feature `unchecked` these frees are not looked at until a flush: the
-    // next test.
-    #[cfg(any(not(feature = "unchecked"), feature = "checked"))]
+    // Without `verify-frees` and `checked` these frees are not looked at until a
+    // flush: the next test.
+    #[cfg(any(feature = "verify-frees", feature = "checked"))]
     #[test]
     fn bad_frees_are_refused_and_counted() {
         static SEEN: AtomicUsize = AtomicUsize::new(0);
@@ -2359,13 +2362,13 @@ mod tests {
         unsafe { t.heap.deallocate(keep, l) };
     }
 
-    /// Feature `unchecked`: a free of a common layout is not checked at the free. Its
+    /// The default free: a free of a common layout is not checked at the free. Its
     /// object is refused when it leaves the cache for its span, and nothing else is
     /// harmed; every refusal of one flush is counted. Frees of other layouts (large
     /// here) still go through their span at once.
-    #[cfg(all(feature = "unchecked", not(feature = "checked")))]
+    #[cfg(not(any(feature = "verify-frees", feature = "checked")))]
     #[test]
-    fn unchecked_frees_are_refused_when_their_objects_leave_the_cache() {
+    fn unverified_frees_are_refused_when_their_objects_leave_the_cache() {
         static SEEN: std::sync::Mutex<Vec<FreeError>> = std::sync::Mutex::new(Vec::new());
         let t = TestHeap::new(8 << 20, 4 << 20);
         t.heap

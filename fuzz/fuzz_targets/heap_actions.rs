@@ -8,7 +8,9 @@
 //! stacks, hot-adds of further parts of one pre-reserved host region (good and bad
 //! ranges), CPU switches, drains, trims and frees the heap must refuse.
 //!
-//! Built with `--features checked,debug-fill`, the same runs over the library's
+//! The library is built with verified frees (`verify-frees`, fuzz/Cargo.toml), so
+//! that every wrong free is refused at the free. Built with `--features
+//! checked,debug-fill`, the same runs over the library's
 //! checked mode and poisoning (every refused free, a write after free included, goes
 //! to the target's hook and fails the run unless the action meant it).
 //!

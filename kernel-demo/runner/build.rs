@@ -12,7 +12,7 @@
 //! alike; the checked-mode kernels ([`CHECKED_KERNELS`]) with the kernel crate's
 //! `checked` feature, in `target/kernel-checked`.
 //!
-//! `SPANHEAP_KERNEL_FEATURES` (for example `unchecked`) adds kernel crate features
+//! `SPANHEAP_KERNEL_FEATURES` (for example `verify-frees`) adds kernel crate features
 //! to every kernel but the checked-mode ones; the runner's reports name them
 //! (`KERNEL_FEATURES`). Use a target directory of its own for such a build, or the
 //! next plain build rebuilds every kernel.
