@@ -330,7 +330,7 @@ fn main() {
     );
     bench!(
         "larson-batch",
-        threaded::Larson(common::larson::Variant::Batch)
+        threaded::Larson(common::larson::Variant::Batch(common::larson::ROUND))
     );
     bench!("xmalloc", threaded::Xmalloc);
     bench!("cache-scratch", threaded::CacheScratch);

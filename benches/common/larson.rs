@@ -14,16 +14,17 @@
 //!   one object from the worker's own inbox if there is one. One object crosses per
 //!   hand-off, so the ring's head and tail lines move between the cores all the time:
 //!   the harness's own traffic is a large part of what this variant measures.
-//! - `Batch`: after every 1000 steps a worker swaps its whole slot array with the
-//!   one in the team's depot (one atomic pointer: `swap`) and continues with what it
-//!   got, as larson hands a thread's slots to its successor. When the last deposit
-//!   was another worker's, the frees of the next round mostly hit that worker's
-//!   objects (about 63% of a round's frees); the harness moves one pointer per 1000
-//!   steps, so the allocator's cross-thread free path is what is measured. A worker
-//!   never waits: when no other worker came by since its own deposit it gets its own
-//!   array back (and the first swap of a run gets a new, empty array), so how many
-//!   frees cross depends on how much the threads overlap in time (the tables show
-//!   the share).
+//! - `Batch(round)`: after every `round` steps (larson's 1000 by default) a worker
+//!   swaps its whole slot array with the one in the team's depot (one atomic pointer:
+//!   `swap`) and continues with what it got, as larson hands a thread's slots to its
+//!   successor. When the last deposit was another worker's, the frees of the next
+//!   round first hit that worker's objects (with 1000 steps, about 63% of a round's
+//!   frees; with 10 000, about 10%: each of the 1000 slots is emptied once); the
+//!   harness moves one pointer per round, so the allocator's cross-thread free path
+//!   is what is measured. A worker never waits: when no other worker came by since
+//!   its own deposit it gets its own array back (and the first swap of a run gets a
+//!   new, empty array), so how many frees cross depends on how much the threads
+//!   overlap in time (the tables show the share).
 //!
 //! With one thread the inbox and the mailbox are the worker's own, so a step does the
 //! same work at any thread count. Ops = allocator calls (allocs + frees).
@@ -38,7 +39,7 @@ pub(crate) const SLOTS: usize = 1000;
 const RING: usize = 4096;
 pub(crate) const MIN_SIZE: usize = 16;
 pub(crate) const MAX_SIZE: usize = 1024;
-/// Steps between two hand-offs of the `Batch` variant.
+/// Steps between two hand-offs of the `Batch` variant, by default (larson's).
 pub(crate) const ROUND: u64 = 1000;
 
 /// How objects reach another thread.
@@ -46,7 +47,8 @@ pub(crate) const ROUND: u64 = 1000;
 pub(crate) enum Variant {
     Local,
     Ring(u64),
-    Batch,
+    /// A hand-off every this many steps (at least 1; [`ROUND`] by default).
+    Batch(u64),
 }
 
 /// A slot array in transit (made with `Box::into_raw`).
@@ -210,9 +212,9 @@ impl<A: GlobalAlloc> Worker<'_, A> {
                     unsafe { self.free_object(received, probe, step) };
                 }
             }
-            Variant::Batch => {
+            Variant::Batch(round) => {
                 slots[slot] = object;
-                if step % ROUND == ROUND - 1 {
+                if step % round == round - 1 {
                     slots = hand_off(slots, ex);
                 }
             }

@@ -39,7 +39,7 @@ impl Bench for Larson {
                  thread's own ring. The ring's head and tail lines move between the cores on nearly \
                  every step: much of what this measures is the harness's own traffic.",
             ),
-            Variant::Batch => (
+            Variant::Batch(_) => (
                 "larson-batch",
                 "larson, whole slot arrays handed over",
                 "As `larson-local`, but every 1000 steps a thread swaps its whole slot array with \
