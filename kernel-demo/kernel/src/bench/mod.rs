@@ -7,8 +7,10 @@
 //! usable memory (so the machine needs 1 GiB), gives the rest of the boot memory to the kernel's
 //! global heap, writes every page of the regions once (no first-touch cost is
 //! measured), hands the regions to the subjects and starts the APs. Every CPU loads
-//! the IDT and, unless `irq=off`, runs with interrupts enabled as a kernel does
-//! (no interrupt source is on), so spanheap pays its real critical section.
+//! the IDT, lets TCG grow its software TLB ([`grow_soft_tlb`]: without it the APs
+//! measured with TCG's initial 256 entries) and, unless `irq=off`, runs with
+//! interrupts enabled as a kernel does (no interrupt source is on), so spanheap pays
+//! its real critical section.
 //!
 //! A case is one workload against one subject on all CPUs: the CPUs meet at a
 //! barrier, each sets up its share, meets the others again, runs the same number of
