@@ -323,16 +323,17 @@ fn main() {
         "threads: {steps} steps per thread, medians of {runs} rounds, {} cores; allocator calls/s in millions",
         common::cores()
     );
+    // --round N sets the batch hand-off's period, wherever it came on the line.
+    for variant in &mut variants {
+        if let Variant::Batch(period) = variant {
+            *period = round;
+        }
+    }
     let entries: Vec<Option<Which>> = std::iter::once(None)
         .chain(Which::ALL.map(Some))
         .filter(|w| only.is_none_or(|o| o == *w))
         .collect();
     for variant in variants {
-        // --round N sets the batch hand-off's period.
-        let variant = match variant {
-            Variant::Batch(_) => Variant::Batch(round),
-            v => v,
-        };
         println!();
         match variant {
             Variant::Local => {

@@ -941,7 +941,7 @@ impl<P: Platform> SpanHeap<P> {
         // Without `verify-frees` and `checked`: a common layout says the class; the
         // object goes onto this CPU's cache without its span being looked at. Only a
         // flush to the span checks it (`put_locked`).
-        #[cfg(not(any(feature = "verify-frees", feature = "checked")))]
+        #[cfg(not(feature = "verify-frees"))]
         if let Some(class) = crate::size_class::class_of_common(layout.size(), layout.align()) {
             // A tiny layout may be a sub-object of a block: its span says which.
             if class != TINY_SOURCE_CLASS || !self.wants_tiny(layout) {
@@ -958,12 +958,8 @@ impl<P: Platform> SpanHeap<P> {
     /// Frees the block at `addr` (or ignores 0) after finding its span: the checked
     /// free. Without `verify-frees` and `checked` only uncommon layouts come here, so
     /// it is out of line and the common free falls through to its push with no jump.
-    #[cfg_attr(
-        not(any(feature = "verify-frees", feature = "checked")),
-        cold,
-        inline(never)
-    )]
-    #[cfg_attr(any(feature = "verify-frees", feature = "checked"), inline(always))]
+    #[cfg_attr(not(feature = "verify-frees"), cold, inline(never))]
+    #[cfg_attr(feature = "verify-frees", inline(always))]
     fn free_by_span(&self, addr: usize, layout: Layout) {
         match self.span_of_near(addr) {
             // SAFETY: `addr` lies in a span, which holds no page 0: not null.
@@ -2327,7 +2323,7 @@ mod tests {
 
     // Without `verify-frees` and `checked` these frees are not looked at until a
     // flush: the next test.
-    #[cfg(any(feature = "verify-frees", feature = "checked"))]
+    #[cfg(feature = "verify-frees")]
     #[test]
     fn bad_frees_are_refused_and_counted() {
         static SEEN: AtomicUsize = AtomicUsize::new(0);
@@ -2366,7 +2362,7 @@ mod tests {
     /// object is refused when it leaves the cache for its span, and nothing else is
     /// harmed; every refusal of one flush is counted. Frees of other layouts (large
     /// here) still go through their span at once.
-    #[cfg(not(any(feature = "verify-frees", feature = "checked")))]
+    #[cfg(not(feature = "verify-frees"))]
     #[test]
     fn unverified_frees_are_refused_when_their_objects_leave_the_cache() {
         static SEEN: std::sync::Mutex<Vec<FreeError>> = std::sync::Mutex::new(Vec::new());

@@ -50,7 +50,8 @@
 //!
 //! - the case descriptor (`CASE`, `CASE_OPS`) is written by the bootstrap CPU only
 //!   before the barrier that starts a case and read by the others after it;
-//! - every CPU takes part in every case (the barriers count all CPUs).
+//! - every CPU takes part in every case (the barriers count all CPUs);
+//! - `REGION_START` is written once by the bootstrap CPU before the APs start.
 
 pub mod subjects;
 pub mod sync;
