@@ -33,17 +33,31 @@
 //! benchmark two full cores; the tables give the median ratio over all samples and
 //! over those.
 //!
+//! `--lines` replaces the timing with a count that the host's noise does not touch:
+//! one 2-thread run per allocator, untimed, where every access of the workload to an
+//! object (its first word at alloc and free, its last byte at alloc) records the
+//! worker in a table of cache lines (`common::probe::LineWatch`), and a touch of a
+//! line another worker touched last counts as a line move. Handing an object over
+//! costs about two (the receiver reads the first word, then writes the last byte of
+//! the object it reuses it for); more per cross-thread free means the allocator gave
+//! the two threads objects that share lines. The allocator's own metadata is not
+//! seen.
+//!
 //! ```text
 //! cargo bench --bench threads                     # all, 1 and 2 threads, 9 rounds
 //! cargo bench --bench threads -- --steps 200000 --runs 5 --only spanheap --variant batch
 //! cargo bench --bench threads -- --only floor
 //! cargo bench --bench threads -- --variant batch --round 10000   # fewer cross-thread frees
+//! cargo bench --bench threads -- --variant batch --lines          # line moves, untimed
 //! ```
 
 mod common;
 
-use common::larson::{self, Exchange, Variant};
-use common::{median, run_team, with_subject, Limit, Padded, Region, Subject, Visitor, Which};
+use common::larson::{self, Exchange, Variant, Watch};
+use common::probe::LineOwners;
+use common::{
+    median, run_team, with_subject, Limit, Padded, Region, Subject, TeamRun, Visitor, Which,
+};
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
@@ -223,58 +237,108 @@ impl Sample {
     }
 }
 
-/// Allocator calls per second of `threads` workers.
-struct Run {
+/// One run of `threads` workers on one allocator.
+struct Run<'a> {
     threads: usize,
     steps: u64,
     variant: Variant,
+    /// `Some`: watch the cache lines the workers take from each other (`--lines`).
+    lines: Option<&'a LineOwners>,
 }
 
-impl Visitor for Run {
-    type Out = (f64, f64);
-    fn visit<A: Subject + Sync>(&mut self, _which: Which) -> (f64, f64) {
+impl Visitor for Run<'_> {
+    type Out = TeamRun;
+    fn visit<A: Subject + Sync>(&mut self, _which: Which) -> TeamRun {
         self.run::<A>()
     }
 }
 
-impl Run {
-    /// (allocator calls per second, share of frees that crossed threads).
-    fn run<A: Subject + Sync>(&self) -> (f64, f64) {
+impl Run<'_> {
+    fn run<A: Subject + Sync>(&self) -> TeamRun {
         let region = Region::new();
         // SAFETY: `region` is used by nothing else and outlives `a` (dropped first).
         let a = unsafe { A::over(&region) };
         let ex = Exchange::new(self.threads);
-        let variant = self.variant;
+        let (variant, watch) = (self.variant, self.lines.map_or(Watch::Calls, Watch::Lines));
         let run = run_team(self.threads, Limit::steps(self.steps), |team| {
-            larson::worker(&*a, team, &ex, variant, false)
+            larson::worker(&*a, team, &ex, variant, watch)
         });
         drop(a);
         drop(region);
-        let cross = run.cross_frees as f64 / run.frees.max(1) as f64;
-        (run.ops_per_sec(), cross)
+        run
     }
+
+    /// `which` (`None`: the floor) on this run's team.
+    fn of(&mut self, which: Option<Which>) -> TeamRun {
+        if which == Some(Which::Lla) {
+            self.steps /= LLA_DIVISOR;
+        }
+        match which {
+            Some(which) => with_subject(which, self),
+            None => self.run::<Floor>(),
+        }
+    }
+}
+
+/// The share of `run`'s frees that crossed threads.
+fn cross_share(run: &TeamRun) -> f64 {
+    run.cross_frees as f64 / run.frees.max(1) as f64
 }
 
 /// One allocator (`None`: the floor) with one thread, then with two.
 fn sample(which: Option<Which>, variant: Variant, steps: u64) -> Sample {
     let run = |threads| {
-        let mut r = Run {
+        Run {
             threads,
-            steps: if which == Some(Which::Lla) {
-                steps / LLA_DIVISOR
-            } else {
-                steps
-            },
+            steps,
             variant,
-        };
-        match which {
-            Some(which) => with_subject(which, &mut r),
-            None => r.run::<Floor>(),
+            lines: None,
         }
+        .of(which)
     };
-    let one = run(1).0;
-    let (two, cross) = run(2);
-    Sample { one, two, cross }
+    let one = run(1).ops_per_sec();
+    let two = run(2);
+    Sample {
+        one,
+        two: two.ops_per_sec(),
+        cross: cross_share(&two),
+    }
+}
+
+/// `--lines`: one watched 2-thread run per allocator (untimed), and the cache lines
+/// its workers took from each other per allocator call and per cross-thread free.
+fn line_table(entries: &[Option<Which>], variant: Variant, steps: u64) {
+    println!();
+    println!("| allocator | line moves per call | per cross-thread free | cross-thread frees |");
+    println!("|---|---:|---:|---:|");
+    let owners = LineOwners::new();
+    for &which in entries {
+        let run = Run {
+            threads: 2,
+            steps,
+            variant,
+            lines: Some(&owners),
+        }
+        .of(which);
+        println!(
+            "| {} | {:.4} | {} | {:.1}% |",
+            label(which),
+            run.line_moves as f64 / run.ops.max(1) as f64,
+            match run.cross_frees {
+                0 => "-".to_string(),
+                n => format!("{:.2}", run.line_moves as f64 / n as f64),
+            },
+            cross_share(&run) * 100.0
+        );
+    }
+}
+
+/// The table name of `which` (`None`: the floor).
+fn label(which: Option<Which>) -> &'static str {
+    which.map_or(
+        "floor: LIFO lists of cells per thread, no lock",
+        Which::label,
+    )
 }
 
 fn main() {
@@ -287,6 +351,7 @@ fn main() {
         Variant::Batch(larson::ROUND),
     ];
     let mut round = larson::ROUND;
+    let mut lines = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -313,9 +378,10 @@ fn main() {
                     v => panic!("--variant local|ring|batch, not {v}"),
                 }]
             }
+            "--lines" => lines = true,
             "--bench" => {}
             _ => panic!(
-                "usage: threads [--steps N] [--runs N] [--only NAME] [--variant local|ring|batch] [--handoff N] [--round N]"
+                "usage: threads [--steps N] [--runs N] [--only NAME] [--variant local|ring|batch] [--handoff N] [--round N] [--lines]"
             ),
         }
     }
@@ -345,6 +411,10 @@ fn main() {
             Variant::Batch(round) => {
                 println!("whole slot arrays handed over every {round} steps (one atomic pointer):")
             }
+        }
+        if lines {
+            line_table(&entries, variant, steps);
+            continue;
         }
         // Rounds of samples with a probe between two samples (see the module doc): a
         // sample counts as one where the host gave two full cores when the probes on
@@ -380,10 +450,7 @@ fn main() {
             };
             println!(
                 "| {} | {:.2} | {:.2} | {:.2}x | {} | {:.0}% |",
-                which.map_or(
-                    "floor: LIFO lists of cells per thread, no lock",
-                    Which::label
-                ),
+                label(*which),
                 pick(&|s| s.one) / 1e6,
                 pick(&|s| s.two) / 1e6,
                 pick(&Sample::ratio),

@@ -29,7 +29,7 @@
 //! With one thread the inbox and the mailbox are the worker's own, so a step does the
 //! same work at any thread count. Ops = allocator calls (allocs + frees).
 
-use super::probe::{Call, Probe, Sampler};
+use super::probe::{Call, LineOwners, LineWatch, Probe, Sampler};
 use super::{layout, out_of_memory, Padded, Ring, Rng, Team, WorkerOut};
 use std::alloc::GlobalAlloc;
 use std::ptr;
@@ -41,6 +41,18 @@ pub(crate) const MIN_SIZE: usize = 16;
 pub(crate) const MAX_SIZE: usize = 1024;
 /// Steps between two hand-offs of the `Batch` variant, by default (larson's).
 pub(crate) const ROUND: u64 = 1000;
+
+/// What a worker records besides its calls.
+#[derive(Clone, Copy)]
+pub(crate) enum Watch<'a> {
+    /// Calls only.
+    Calls,
+    /// Calls and latency samples (`probe::Sampler`).
+    Latency,
+    /// Calls and the cache lines its object accesses take from another worker
+    /// (`probe::LineWatch`; slows the run down).
+    Lines(&'a LineOwners),
+}
 
 /// How objects reach another thread.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -97,6 +109,8 @@ impl<A: GlobalAlloc> Worker<'_, A> {
             (p as *mut usize).write(size | self.me << 32);
             p.add(size - 1).write(1);
         }
+        probe.touch(p as usize);
+        probe.touch(p as usize + size - 1);
         self.out.ops += 1;
         p as usize
     }
@@ -110,6 +124,7 @@ impl<A: GlobalAlloc> Worker<'_, A> {
         // SAFETY: the first word holds size and maker (caller).
         let word = unsafe { (addr as *const usize).read() };
         let (size, maker) = (word & 0xffff_ffff, word >> 32);
+        probe.touch(addr);
         assert!(
             (MIN_SIZE..=MAX_SIZE).contains(&size),
             "object {addr:#x} corrupted"
@@ -138,7 +153,7 @@ pub(crate) fn worker<A: GlobalAlloc>(
     team: &Team<'_>,
     ex: &Exchange,
     variant: Variant,
-    sample: bool,
+    watch: Watch<'_>,
 ) -> WorkerOut {
     let mut w = Worker {
         a,
@@ -146,7 +161,6 @@ pub(crate) fn worker<A: GlobalAlloc>(
         rng: Rng(0x5eed_0004_0000_0000 + team.me as u64),
         out: WorkerOut::default(),
     };
-    let mut sampler = Sampler::new();
     let mut probe = super::probe::NoProbe;
     let mut slots: Slots = Box::new([0; SLOTS]);
     for i in 0..SLOTS {
@@ -155,14 +169,19 @@ pub(crate) fn worker<A: GlobalAlloc>(
     w.out = WorkerOut::default();
     let next = (team.me + 1) % team.threads;
     team.start();
-    let mut step = 0;
-    while !team.should_stop(step) {
-        if sample {
-            slots = w.step(&mut sampler, step, slots, ex, next, variant);
-        } else {
-            slots = w.step(&mut probe, step, slots, ex, next, variant);
+    let mut sampler = None;
+    match watch {
+        Watch::Calls => slots = w.steps(&mut probe, team, slots, ex, next, variant),
+        Watch::Latency => {
+            let mut s = Sampler::new();
+            slots = w.steps(&mut s, team, slots, ex, next, variant);
+            sampler = Some(s);
         }
-        step += 1;
+        Watch::Lines(owners) => {
+            let mut lines = LineWatch::new(owners, team.me);
+            slots = w.steps(&mut lines, team, slots, ex, next, variant);
+            (w.out.line_touches, w.out.line_moves) = (lines.touches, lines.moves);
+        }
     }
     team.finish();
     let mut measured = std::mem::take(&mut w.out);
@@ -179,11 +198,29 @@ pub(crate) fn worker<A: GlobalAlloc>(
         w.free_slots(&parked[..]);
     }
     w.free_slots(&slots[..]);
-    measured.sampler = sample.then_some(sampler);
+    measured.sampler = sampler;
     measured
 }
 
 impl<A: GlobalAlloc> Worker<'_, A> {
+    /// The measured loop: steps until the team stops.
+    fn steps(
+        &mut self,
+        probe: &mut impl Probe,
+        team: &Team<'_>,
+        mut slots: Slots,
+        ex: &Exchange,
+        next: usize,
+        variant: Variant,
+    ) -> Slots {
+        let mut step = 0;
+        while !team.should_stop(step) {
+            slots = self.step(probe, step, slots, ex, next, variant);
+            step += 1;
+        }
+        slots
+    }
+
     #[inline(always)]
     fn step(
         &mut self,

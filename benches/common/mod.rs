@@ -514,6 +514,10 @@ pub(crate) struct WorkerOut {
     /// An address the workload wants to report (cache-scratch: the worker's object).
     pub(crate) addr: usize,
     pub(crate) sampler: Option<probe::Sampler>,
+    /// With a `LineWatch`: object touches, and those of a line another worker
+    /// touched last.
+    pub(crate) line_touches: u64,
+    pub(crate) line_moves: u64,
 }
 
 /// What a team run measured.
@@ -523,6 +527,9 @@ pub(crate) struct TeamRun {
     pub(crate) elapsed: Duration,
     pub(crate) cross_frees: u64,
     pub(crate) frees: u64,
+    /// Summed `WorkerOut::line_touches` and `line_moves`.
+    pub(crate) line_touches: u64,
+    pub(crate) line_moves: u64,
     /// Each worker's `addr`, in worker order.
     pub(crate) addrs: Vec<usize>,
     pub(crate) latency: Option<probe::Latency>,
@@ -579,6 +586,8 @@ where
             elapsed: Duration::ZERO,
             cross_frees: 0,
             frees: 0,
+            line_touches: 0,
+            line_moves: 0,
             addrs: Vec::new(),
             latency: None,
         };
@@ -589,6 +598,8 @@ where
             run.ops += out.ops;
             run.cross_frees += out.cross_frees;
             run.frees += out.frees;
+            run.line_touches += out.line_touches;
+            run.line_moves += out.line_moves;
             run.addrs.push(out.addr);
             let (began, ended) = (
                 began.expect("worker never started"),

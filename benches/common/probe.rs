@@ -72,6 +72,10 @@ pub(crate) enum Call {
 /// Times some calls of a loop. `step` is the loop's step counter.
 pub(crate) trait Probe {
     fn time<R>(&mut self, call: Call, step: u64, f: impl FnOnce() -> R) -> R;
+
+    /// The workload wrote or read the byte at `addr` (of an object it holds).
+    #[inline(always)]
+    fn touch(&mut self, _addr: usize) {}
 }
 
 /// No timing at all (the callgrind runs).
@@ -166,5 +170,65 @@ impl Probe for Sampler {
         } else {
             f()
         }
+    }
+}
+
+/// Who touched each cache line last, for [`LineWatch`]: one byte per line, the
+/// line's address modulo [`LineOwners::SPAN`] (far more than a run's working set, so
+/// two live lines rarely share an entry).
+pub(crate) struct LineOwners(Box<[std::sync::atomic::AtomicU8]>);
+
+impl LineOwners {
+    /// Bytes of address space the table tells apart.
+    const SPAN: usize = 1 << 28;
+    const LINE: usize = 64;
+
+    pub(crate) fn new() -> Self {
+        LineOwners(
+            (0..Self::SPAN / Self::LINE)
+                .map(|_| std::sync::atomic::AtomicU8::new(0))
+                .collect(),
+        )
+    }
+}
+
+/// Counts the workload's touches of a line that another worker touched last: the
+/// cache-line moves between cores that the workload's own accesses to its objects
+/// cause (an allocator's metadata is not seen). Workers sharing a line only because
+/// the allocator put their objects side by side show up here as moves beyond the
+/// few that handing an object over costs anyway. Not a timing probe: `time` only
+/// calls; the table's own atomic swaps make the run much slower.
+pub(crate) struct LineWatch<'a> {
+    owners: &'a LineOwners,
+    /// This worker's mark in the table (its index + 1; 0 is "nobody yet").
+    mark: u8,
+    pub(crate) touches: u64,
+    pub(crate) moves: u64,
+}
+
+impl<'a> LineWatch<'a> {
+    pub(crate) fn new(owners: &'a LineOwners, me: usize) -> Self {
+        let mark = u8::try_from(me + 1).expect("at most 255 workers");
+        LineWatch {
+            owners,
+            mark,
+            touches: 0,
+            moves: 0,
+        }
+    }
+}
+
+impl Probe for LineWatch<'_> {
+    #[inline(always)]
+    fn time<R>(&mut self, _call: Call, _step: u64, f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    #[inline(always)]
+    fn touch(&mut self, addr: usize) {
+        let entry = (addr / LineOwners::LINE) % self.owners.0.len();
+        let last = self.owners.0[entry].swap(self.mark, std::sync::atomic::Ordering::Relaxed);
+        self.touches += 1;
+        self.moves += (last != 0 && last != self.mark) as u64;
     }
 }
