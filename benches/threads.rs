@@ -49,6 +49,7 @@
 //! cargo bench --bench threads -- --only floor
 //! cargo bench --bench threads -- --variant batch --round 10000   # fewer cross-thread frees
 //! cargo bench --bench threads -- --variant batch --lines          # line moves, untimed
+//! cargo bench --bench threads -- --ping                           # one line move, in ns
 //! ```
 
 mod common;
@@ -61,7 +62,7 @@ use common::{
 use std::alloc::{GlobalAlloc, Layout};
 use std::cell::{Cell, UnsafeCell};
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, AtomicU64, AtomicUsize, Ordering};
 
 const DEFAULT_STEPS: u64 = 4_000_000;
 /// linked_list_allocator walks its hole list on every call: it runs this many times
@@ -333,6 +334,29 @@ fn line_table(entries: &[Option<Which>], variant: Variant, steps: u64) {
     }
 }
 
+/// `--ping`: what one cache line costs to move between the two cores: two threads
+/// take turns writing one counter, each waiting for the other's value (a chain of
+/// dependent moves, so no overlap; in a workload misses overlap and cost less each).
+fn line_ping() {
+    const TURNS: u64 = 2_000_000;
+    let turn = Padded(AtomicU64::new(0));
+    let play = |first: u64| {
+        for t in (first..2 * TURNS).step_by(2) {
+            while turn.load(Ordering::Acquire) != t {
+                std::hint::spin_loop();
+            }
+            turn.store(t + 1, Ordering::Release);
+        }
+    };
+    let start = std::time::Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| play(1));
+        play(0);
+    });
+    let ns = start.elapsed().as_nanos() as f64 / (2 * TURNS) as f64;
+    println!("one cache line moved between two threads: {ns:.1} ns per move ({TURNS} round trips)");
+}
+
 /// The table name of `which` (`None`: the floor).
 fn label(which: Option<Which>) -> &'static str {
     which.map_or(
@@ -379,16 +403,23 @@ fn main() {
                 }]
             }
             "--lines" => lines = true,
+            "--ping" => return line_ping(),
             "--bench" => {}
             _ => panic!(
-                "usage: threads [--steps N] [--runs N] [--only NAME] [--variant local|ring|batch] [--handoff N] [--round N] [--lines]"
+                "usage: threads [--steps N] [--runs N] [--only NAME] [--variant local|ring|batch] [--handoff N] [--round N] [--lines] [--ping]"
             ),
         }
     }
-    println!(
-        "threads: {steps} steps per thread, medians of {runs} rounds, {} cores; allocator calls/s in millions",
-        common::cores()
-    );
+    if lines {
+        println!(
+            "threads --lines: {steps} steps per thread, one untimed 2-thread run per allocator; line moves = touches of an object's line that the other thread touched last"
+        );
+    } else {
+        println!(
+            "threads: {steps} steps per thread, medians of {runs} rounds, {} cores; allocator calls/s in millions",
+            common::cores()
+        );
+    }
     // --round N sets the batch hand-off's period, wherever it came on the line.
     for variant in &mut variants {
         if let Variant::Batch(period) = variant {
