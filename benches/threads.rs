@@ -312,8 +312,9 @@ fn line_table(entries: &[Option<Which>], variant: Variant, steps: u64) {
     println!();
     println!("| allocator | line moves per call | per cross-thread free | cross-thread frees |");
     println!("|---|---:|---:|---:|");
-    let owners = LineOwners::new();
     for &which in entries {
+        // A fresh table per run: another allocator's marks would count as moves.
+        let owners = LineOwners::new();
         let run = Run {
             threads: 2,
             steps,

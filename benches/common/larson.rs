@@ -180,7 +180,7 @@ pub(crate) fn worker<A: GlobalAlloc>(
         Watch::Lines(owners) => {
             let mut lines = LineWatch::new(owners, team.me);
             slots = w.steps(&mut lines, team, slots, ex, next, variant);
-            (w.out.line_touches, w.out.line_moves) = (lines.touches, lines.moves);
+            w.out.line_moves = lines.moves;
         }
     }
     team.finish();

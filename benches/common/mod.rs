@@ -514,9 +514,8 @@ pub(crate) struct WorkerOut {
     /// An address the workload wants to report (cache-scratch: the worker's object).
     pub(crate) addr: usize,
     pub(crate) sampler: Option<probe::Sampler>,
-    /// With a `LineWatch`: object touches, and those of a line another worker
-    /// touched last.
-    pub(crate) line_touches: u64,
+    /// With a `LineWatch`: the worker's touches of a line another worker touched
+    /// last.
     pub(crate) line_moves: u64,
 }
 
@@ -527,8 +526,7 @@ pub(crate) struct TeamRun {
     pub(crate) elapsed: Duration,
     pub(crate) cross_frees: u64,
     pub(crate) frees: u64,
-    /// Summed `WorkerOut::line_touches` and `line_moves`.
-    pub(crate) line_touches: u64,
+    /// Summed `WorkerOut::line_moves`.
     pub(crate) line_moves: u64,
     /// Each worker's `addr`, in worker order.
     pub(crate) addrs: Vec<usize>,
@@ -586,7 +584,6 @@ where
             elapsed: Duration::ZERO,
             cross_frees: 0,
             frees: 0,
-            line_touches: 0,
             line_moves: 0,
             addrs: Vec::new(),
             latency: None,
@@ -598,7 +595,6 @@ where
             run.ops += out.ops;
             run.cross_frees += out.cross_frees;
             run.frees += out.frees;
-            run.line_touches += out.line_touches;
             run.line_moves += out.line_moves;
             run.addrs.push(out.addr);
             let (began, ended) = (

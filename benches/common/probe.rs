@@ -202,7 +202,6 @@ pub(crate) struct LineWatch<'a> {
     owners: &'a LineOwners,
     /// This worker's mark in the table (its index + 1; 0 is "nobody yet").
     mark: u8,
-    pub(crate) touches: u64,
     pub(crate) moves: u64,
 }
 
@@ -212,7 +211,6 @@ impl<'a> LineWatch<'a> {
         LineWatch {
             owners,
             mark,
-            touches: 0,
             moves: 0,
         }
     }
@@ -228,7 +226,6 @@ impl Probe for LineWatch<'_> {
     fn touch(&mut self, addr: usize) {
         let entry = (addr / LineOwners::LINE) % self.owners.0.len();
         let last = self.owners.0[entry].swap(self.mark, std::sync::atomic::Ordering::Relaxed);
-        self.touches += 1;
         self.moves += (last != 0 && last != self.mark) as u64;
     }
 }
