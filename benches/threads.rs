@@ -49,7 +49,7 @@
 //! cargo bench --bench threads -- --only floor
 //! cargo bench --bench threads -- --variant batch --round 10000   # fewer cross-thread frees
 //! cargo bench --bench threads -- --variant batch --lines          # line moves, untimed
-//! cargo bench --bench threads -- --ping                           # one line move, in ns
+//! cargo bench --bench threads -- --ping             # one line move in ns; host scaling
 //! ```
 
 mod common;
@@ -335,9 +335,10 @@ fn line_table(entries: &[Option<Which>], variant: Variant, steps: u64) {
     }
 }
 
-/// `--ping`: what one cache line costs to move between the two cores: two threads
-/// take turns writing one counter, each waiting for the other's value (a chain of
-/// dependent moves, so no overlap; in a workload misses overlap and cost less each).
+/// `--ping`: what one cache line costs to move between the two cores, and how far
+/// the host lets two threads scale at all. The move: two threads take turns writing
+/// one counter, each waiting for the other's value (a chain of dependent moves, so
+/// no overlap; in a workload misses overlap and cost less each).
 fn line_ping() {
     const TURNS: u64 = 2_000_000;
     let turn = Padded(AtomicU64::new(0));
@@ -356,6 +357,29 @@ fn line_ping() {
     });
     let ns = start.elapsed().as_nanos() as f64 / (2 * TURNS) as f64;
     println!("one cache line moved between two threads: {ns:.1} ns per move ({TURNS} round trips)");
+    // What the host gives two threads that share nothing: a compute loop in
+    // registers, on one thread and then on two at once.
+    let spin = || {
+        let mut x = 1u64;
+        for i in 0..400_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
+        }
+        x
+    };
+    let time = |threads: usize| {
+        let start = std::time::Instant::now();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(spin);
+            }
+        });
+        start.elapsed().as_secs_f64()
+    };
+    let (one, two) = (time(1), time(2));
+    println!(
+        "a compute loop sharing nothing: 2 threads do {:.2}x the work of 1 in the same time",
+        2.0 * one / two
+    );
 }
 
 /// The table name of `which` (`None`: the floor).
