@@ -269,21 +269,17 @@ impl Run<'_> {
         run
     }
 
-    /// `which` (`None`: the floor) on this run's team.
-    fn of(&mut self, which: Option<Which>) -> TeamRun {
+    /// `which` (`None`: the floor) on this run's team (once: linked_list_allocator
+    /// gets `steps / LLA_DIVISOR`).
+    fn of(mut self, which: Option<Which>) -> TeamRun {
         if which == Some(Which::Lla) {
             self.steps /= LLA_DIVISOR;
         }
         match which {
-            Some(which) => with_subject(which, self),
+            Some(which) => with_subject(which, &mut self),
             None => self.run::<Floor>(),
         }
     }
-}
-
-/// The share of `run`'s frees that crossed threads.
-fn cross_share(run: &TeamRun) -> f64 {
-    run.cross_frees as f64 / run.frees.max(1) as f64
 }
 
 /// One allocator (`None`: the floor) with one thread, then with two.
@@ -302,7 +298,7 @@ fn sample(which: Option<Which>, variant: Variant, steps: u64) -> Sample {
     Sample {
         one,
         two: two.ops_per_sec(),
-        cross: cross_share(&two),
+        cross: two.cross_share(),
     }
 }
 
@@ -330,7 +326,7 @@ fn line_table(entries: &[Option<Which>], variant: Variant, steps: u64) {
                 0 => "-".to_string(),
                 n => format!("{:.2}", run.line_moves as f64 / n as f64),
             },
-            cross_share(&run) * 100.0
+            run.cross_share() * 100.0
         );
     }
 }

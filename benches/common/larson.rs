@@ -168,23 +168,23 @@ pub(crate) fn worker<A: GlobalAlloc>(
     }
     w.out = WorkerOut::default();
     let next = (team.me + 1) % team.threads;
+    // The probes are made before the clock starts (the sampler calibrates the TSC
+    // and reserves its buffers).
+    let mut sampler = matches!(watch, Watch::Latency).then(Sampler::new);
+    let mut lines = match watch {
+        Watch::Lines(owners) => Some(LineWatch::new(owners, team.me)),
+        _ => None,
+    };
     team.start();
-    let mut sampler = None;
-    match watch {
-        Watch::Calls => slots = w.steps(&mut probe, team, slots, ex, next, variant),
-        Watch::Latency => {
-            let mut s = Sampler::new();
-            slots = w.steps(&mut s, team, slots, ex, next, variant);
-            sampler = Some(s);
-        }
-        Watch::Lines(owners) => {
-            let mut lines = LineWatch::new(owners, team.me);
-            slots = w.steps(&mut lines, team, slots, ex, next, variant);
-            w.out.line_moves = lines.moves;
-        }
-    }
+    slots = match (&mut sampler, &mut lines) {
+        (Some(sampler), _) => w.steps(sampler, team, slots, ex, next, variant),
+        (_, Some(lines)) => w.steps(lines, team, slots, ex, next, variant),
+        _ => w.steps(&mut probe, team, slots, ex, next, variant),
+    };
     team.finish();
-    let mut measured = std::mem::take(&mut w.out);
+    w.out.sampler = sampler;
+    w.out.line_moves = lines.map_or(0, |lines| lines.moves);
+    let measured = std::mem::take(&mut w.out);
     // Every worker has stopped handing objects over: free what reached us, and what
     // we hold.
     while let Some(received) = ex.inboxes[team.me].pop() {
@@ -198,7 +198,6 @@ pub(crate) fn worker<A: GlobalAlloc>(
         w.free_slots(&parked[..]);
     }
     w.free_slots(&slots[..]);
-    measured.sampler = sampler;
     measured
 }
 

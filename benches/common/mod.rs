@@ -537,6 +537,11 @@ impl TeamRun {
     pub(crate) fn ops_per_sec(&self) -> f64 {
         self.ops as f64 / self.elapsed.as_secs_f64()
     }
+
+    /// The share of the run's frees that crossed threads.
+    pub(crate) fn cross_share(&self) -> f64 {
+        self.cross_frees as f64 / self.frees.max(1) as f64
+    }
 }
 
 /// Runs `work` on `threads` new threads until `limit` (steps per worker, or time).

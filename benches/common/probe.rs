@@ -6,6 +6,12 @@
 //! converted to nanoseconds with a TSC rate calibrated once against `Instant`. At
 //! these lengths (tens of ns) a single sample has a resolution of a few ns; the
 //! percentiles over thousands of samples are what the tables quote.
+//!
+//! A [`Probe`] also hears of the workload's own touches of its objects
+//! ([`Probe::touch`], a no-op but for [`LineWatch`], which counts the cache lines the
+//! workers take from each other instead of timing anything). Invariant of
+//! [`LineOwners`]: an entry holds the mark (worker index + 1) of the last worker
+//! that touched a line mapping to it, or 0 before any touch; a table serves one run.
 
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -224,7 +230,7 @@ impl Probe for LineWatch<'_> {
 
     #[inline(always)]
     fn touch(&mut self, addr: usize) {
-        let entry = (addr / LineOwners::LINE) % self.owners.0.len();
+        let entry = (addr / LineOwners::LINE) % (LineOwners::SPAN / LineOwners::LINE);
         let last = self.owners.0[entry].swap(self.mark, std::sync::atomic::Ordering::Relaxed);
         self.moves += (last != 0 && last != self.mark) as u64;
     }

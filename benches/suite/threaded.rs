@@ -71,7 +71,7 @@ impl Bench for Larson {
         });
         Measured {
             latency: run.latency,
-            cross: Some(run.cross_frees as f64 / run.frees.max(1) as f64),
+            cross: Some(run.cross_share()),
             ..Measured::ops(run.ops, run.elapsed)
         }
     }
