@@ -3,7 +3,7 @@
 //! Workload: 10 000 live objects. Pre-fill them, then each step frees a uniformly
 //! random live slot and allocates a new block into it, so the live set stays at
 //! 10 000. Sizes are log-uniform over 16 B ..= 4 KiB (every octave equally likely,
-//! log-uniform inside it too), alignment 8; the first and last byte of each new block
+//! log-uniform inside it too), alignment 8 (`--align N` for more); the first and last byte of each new block
 //! are written. The sequence of (slot, size) comes from SplitMix64 with a fixed seed, so
 //! every allocator sees exactly the same requests.
 //!
@@ -190,12 +190,13 @@ struct Options {
     live: usize,
     seed: u64,
     size: Option<usize>,
+    align: usize,
 }
 
 fn usage() -> ! {
     let names: Vec<_> = Entry::all().map(Entry::name).collect();
     eprintln!(
-        "usage: pairs [--only {}] [--pairs N] [--runs N] [--live N] [--seed N] [--size N]",
+        "usage: pairs [--only {}] [--pairs N] [--runs N] [--live N] [--seed N] [--size N] [--align N]",
         names.join("|")
     );
     std::process::exit(1)
@@ -209,6 +210,7 @@ fn parse_args() -> Options {
         live: DEFAULT_LIVE,
         seed: DEFAULT_SEED,
         size: None,
+        align: 8,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -227,13 +229,14 @@ fn parse_args() -> Options {
             "--live" => o.live = value().parse().unwrap_or_else(|_| usage()),
             "--seed" => o.seed = value().parse().unwrap_or_else(|_| usage()),
             "--size" => o.size = Some(value().parse().unwrap_or_else(|_| usage())),
+            "--align" => o.align = value().parse().unwrap_or_else(|_| usage()),
             // `cargo bench` passes `--bench`; a libtest-style filter is ignored.
             "--bench" => {}
             s if s.starts_with('-') => usage(),
             _ => {}
         }
     }
-    if o.live == 0 || o.live > REGION_SIZE / MAX_SIZE {
+    if o.live == 0 || o.live > REGION_SIZE / MAX_SIZE || !common::ALIGNS.contains(&o.align) {
         usage();
     }
     o
@@ -245,15 +248,16 @@ fn main() {
         Some(size) if (1..=MAX_SIZE).contains(&size) => Workload::fixed(size, o.live, o.seed),
         Some(_) => usage(),
         None => Workload::log_uniform(MIN_SIZE, MAX_SIZE, o.live, o.seed),
-    };
+    }
+    .aligned(o.align);
 
     if let Some(entry) = o.only {
         let n = o.pairs.unwrap_or(DEFAULT_PAIRS);
         let runs = o.runs.unwrap_or(1);
         println!("=== pairs: {} ({})", entry.name(), entry.label());
         println!(
-            "=== {n} pairs x {runs} run(s), {} live, log-uniform 16..=4096 B, align 8, seed {:#x}",
-            w.live, w.seed
+            "=== {n} pairs x {runs} run(s), {} live, log-uniform 16..=4096 B, align {}, seed {:#x}",
+            w.live, w.align, w.seed
         );
         println!("=== per run: 64 MiB region + pre-fill {} objects (setup), {n} pairs (measured), free all (teardown)", w.live);
         for r in 0..runs {
@@ -271,9 +275,9 @@ fn main() {
     let base_pairs = o.pairs.unwrap_or(DEFAULT_PAIRS);
     println!("machine: {}", common::machine());
     println!(
-        "workload: {} live objects, log-uniform sizes 16..=4096 B, align 8, first+last byte written, seed {:#x}; \
+        "workload: {} live objects, log-uniform sizes 16..=4096 B, align {}, first+last byte written, seed {:#x}; \
          median of {runs} runs, each over a fresh 64 MiB region",
-        w.live, w.seed
+        w.live, w.align, w.seed
     );
     println!();
 

@@ -33,6 +33,12 @@
 //! benchmark two full cores; the tables give the median ratio over all samples and
 //! over those.
 //!
+//! `--align N` asks every object of the workload with alignment N (16, 32, 64 or 128)
+//! instead of 8, in every allocator; with 64 no two objects share a cache
+//! line (each starts on a line of its own), which is what a kernel can ask for
+//! objects it frees on other CPUs (spanheap then picks a class whose size is a
+//! multiple of 64). The probe keeps alignment 8.
+//!
 //! `--lines` replaces the timing with a count that the host's noise does not touch:
 //! one 2-thread run per allocator, untimed, where every access of the workload to an
 //! object (its first word at alloc and free, its last byte at alloc) records the
@@ -49,6 +55,7 @@
 //! cargo bench --bench threads -- --only floor
 //! cargo bench --bench threads -- --variant batch --round 10000   # fewer cross-thread frees
 //! cargo bench --bench threads -- --variant batch --lines          # line moves, untimed
+//! cargo bench --bench threads -- --variant batch --round 100000 --align 64   # whole lines
 //! cargo bench --bench threads -- --ping             # one line move in ns; host scaling
 //! ```
 
@@ -173,6 +180,10 @@ unsafe impl GlobalAlloc for Floor {
         if local.end - next < cell {
             return ptr::null_mut();
         }
+        assert!(
+            next % layout.align() == 0,
+            "the floor serves one alignment per run"
+        );
         local.next.set(next + cell);
         next as *mut u8
     }
@@ -205,14 +216,19 @@ unsafe impl GlobalAlloc for Floor {
     }
 }
 
-/// The floor's list for `layout`: log2 of its cell size (at least 16 bytes).
+/// The floor's list for `layout`: log2 of its cell size (at least 16 bytes and at
+/// least the alignment). A run asks every object with one alignment (`--align`), so
+/// every cell carved in it is a multiple of that alignment and the carving point
+/// stays aligned.
 #[inline(always)]
 fn cell_list(layout: Layout) -> usize {
-    let list = layout.size().max(16).next_power_of_two().trailing_zeros() as usize;
-    assert!(
-        list < FLOOR_LISTS && layout.align() <= 16,
-        "the floor serves the larson sizes"
-    );
+    let cell = layout
+        .size()
+        .max(layout.align())
+        .max(16)
+        .next_power_of_two();
+    let list = cell.trailing_zeros() as usize;
+    assert!(list < FLOOR_LISTS, "the floor serves the larson sizes");
     list
 }
 
@@ -243,6 +259,8 @@ struct Run<'a> {
     threads: usize,
     steps: u64,
     variant: Variant,
+    /// The objects' alignment (`--align`).
+    align: usize,
     /// `Some`: watch the cache lines the workers take from each other (`--lines`).
     lines: Option<&'a LineOwners>,
 }
@@ -260,9 +278,10 @@ impl Run<'_> {
         // SAFETY: `region` is used by nothing else and outlives `a` (dropped first).
         let a = unsafe { A::over(&region) };
         let ex = Exchange::new(self.threads);
-        let (variant, watch) = (self.variant, self.lines.map_or(Watch::Calls, Watch::Lines));
+        let (variant, align) = (self.variant, self.align);
+        let watch = self.lines.map_or(Watch::Calls, Watch::Lines);
         let run = run_team(self.threads, Limit::steps(self.steps), |team| {
-            larson::worker(&*a, team, &ex, variant, watch)
+            larson::worker(&*a, team, &ex, variant, align, watch)
         });
         drop(a);
         drop(region);
@@ -283,12 +302,13 @@ impl Run<'_> {
 }
 
 /// One allocator (`None`: the floor) with one thread, then with two.
-fn sample(which: Option<Which>, variant: Variant, steps: u64) -> Sample {
+fn sample(which: Option<Which>, variant: Variant, align: usize, steps: u64) -> Sample {
     let run = |threads| {
         Run {
             threads,
             steps,
             variant,
+            align,
             lines: None,
         }
         .of(which)
@@ -304,7 +324,7 @@ fn sample(which: Option<Which>, variant: Variant, steps: u64) -> Sample {
 
 /// `--lines`: one watched 2-thread run per allocator (untimed), and the cache lines
 /// its workers took from each other per allocator call and per cross-thread free.
-fn line_table(entries: &[Option<Which>], variant: Variant, steps: u64) {
+fn line_table(entries: &[Option<Which>], variant: Variant, align: usize, steps: u64) {
     println!();
     println!("| allocator | line moves per call | per cross-thread free | cross-thread frees |");
     println!("|---|---:|---:|---:|");
@@ -315,6 +335,7 @@ fn line_table(entries: &[Option<Which>], variant: Variant, steps: u64) {
             threads: 2,
             steps,
             variant,
+            align,
             lines: Some(&owners),
         }
         .of(which);
@@ -397,6 +418,7 @@ fn main() {
     ];
     let mut round = larson::ROUND;
     let mut lines = false;
+    let mut align = larson::ALIGN;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| panic!("{arg} needs a value"));
@@ -423,11 +445,19 @@ fn main() {
                     v => panic!("--variant local|ring|batch, not {v}"),
                 }]
             }
+            "--align" => {
+                align = value().parse().expect("--align N");
+                assert!(
+                    common::ALIGNS.contains(&align),
+                    "--align N: one of {:?}",
+                    common::ALIGNS
+                );
+            }
             "--lines" => lines = true,
             "--ping" => return line_ping(),
             "--bench" => {}
             _ => panic!(
-                "usage: threads [--steps N] [--runs N] [--only NAME] [--variant local|ring|batch] [--handoff N] [--round N] [--lines] [--ping]"
+                "usage: threads [--steps N] [--runs N] [--only NAME] [--variant local|ring|batch] [--handoff N] [--round N] [--align N] [--lines] [--ping]"
             ),
         }
     }
@@ -441,6 +471,7 @@ fn main() {
             common::cores()
         );
     }
+    println!("every object asked with alignment {align} (--align; the probe keeps 8)");
     // --round N sets the batch hand-off's period, wherever it came on the line.
     for variant in &mut variants {
         if let Variant::Batch(period) = variant {
@@ -465,18 +496,18 @@ fn main() {
             }
         }
         if lines {
-            line_table(&entries, variant, steps);
+            line_table(&entries, variant, align, steps);
             continue;
         }
         // Rounds of samples with a probe between two samples (see the module doc): a
         // sample counts as one where the host gave two full cores when the probes on
         // both sides of it scaled GOOD_FLOOR or more.
-        let probe = || sample(None, Variant::Local, steps).ratio();
+        let probe = || sample(None, Variant::Local, larson::ALIGN, steps).ratio();
         let mut samples: Vec<Vec<(Sample, bool)>> = vec![Vec::new(); entries.len()];
         let mut before = probe();
         for _ in 0..runs {
             for (which, samples) in entries.iter().zip(&mut samples) {
-                let s = sample(*which, variant, steps);
+                let s = sample(*which, variant, align, steps);
                 let after = probe();
                 samples.push((s, before.min(after) >= GOOD_FLOOR));
                 before = after;

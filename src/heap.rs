@@ -7,6 +7,9 @@
 //!                                   -> span (bitmap) -> page heap
 //!                         -> none:  large object: a page run from the page heap
 //! deallocate(ptr, layout)
+//!   without `verify-frees`: a small layout gives the class (class_of), and the
+//!   object goes onto this CPU's cache unchecked (its span checks it at the flush);
+//!   tiny and large layouts, and every free with `verify-frees`:
 //!   span_of(ptr) through the arena index and span map (no lock); the span gives the
 //!   class, and one compare checks the layout against it (class_of only for
 //!   alignments above 8); O(1) checks (foreign, wrong layout, interior, bit already
@@ -934,7 +937,7 @@ impl<P: Platform> SpanHeap<P> {
     /// `addr` is 0, or was returned by this heap for `layout` and is not used after
     /// this call. With the feature `verify-frees` or `checked` a wrong `addr` is
     /// refused at once (or, for a second free of an object in a cache without
-    /// `checked`, at its flush); without them, for a common layout, it may be handed
+    /// `checked`, at its flush); without them, for a small layout, it may be handed
     /// out again first.
     #[inline(always)]
     unsafe fn free_addr(&self, addr: usize, layout: Layout) {
@@ -956,11 +959,29 @@ impl<P: Platform> SpanHeap<P> {
     }
 
     /// Frees the block at `addr` (or ignores 0) after finding its span: the checked
-    /// free. Without `verify-frees` and `checked` only uncommon layouts come here, so
-    /// it is out of line and the common free falls through to its push with no jump.
+    /// free. Without `verify-frees` and `checked` only uncommon layouts come here
+    /// (small ones aligned beyond 8, which skip the span as well, tiny ones and large
+    /// ones), so it is out of line and the common free falls through to its push with
+    /// no jump.
     #[cfg_attr(not(feature = "verify-frees"), cold, inline(never))]
     #[cfg_attr(feature = "verify-frees", inline(always))]
     fn free_by_span(&self, addr: usize, layout: Layout) {
+        // Without `verify-frees`: a small layout aligned beyond 8 says its class just as
+        // a common one does (`class_of` is a pure function of the layout, and the
+        // object was taken from that class), so it skips the span too. Out of line
+        // here, so that the common free above stays as it is.
+        #[cfg(not(feature = "verify-frees"))]
+        if layout.align() > CLASS_GRANULE {
+            if let (Some(class), Some(ptr)) = (
+                class_of(layout.size(), layout.align()),
+                NonNull::new(addr as *mut u8),
+            ) {
+                // SAFETY: an object of `layout` (the caller), so of `class`; no
+                // alignment above 8 is tiny.
+                unsafe { self.push_free(class, ptr) };
+                return;
+            }
+        }
         match self.span_of_near(addr) {
             // SAFETY: `addr` lies in a span, which holds no page 0: not null.
             Some((arena, span)) => self.free_in(arena, span, unsafe { nonnull(addr) }, layout),
@@ -2358,10 +2379,10 @@ mod tests {
         unsafe { t.heap.deallocate(keep, l) };
     }
 
-    /// The default free: a free of a common layout is not checked at the free. Its
-    /// object is refused when it leaves the cache for its span, and nothing else is
-    /// harmed; every refusal of one flush is counted. Frees of other layouts (large
-    /// here) still go through their span at once.
+    /// The default free: a free of a small layout (aligned to 8 or beyond) is not
+    /// checked at the free. Its object is refused when it leaves the cache for its
+    /// span, and nothing else is harmed; every refusal of one flush is counted. Frees
+    /// of other layouts (large here) still go through their span at once.
     #[cfg(not(feature = "verify-frees"))]
     #[test]
     fn unverified_frees_are_refused_when_their_objects_leave_the_cache() {
@@ -2372,6 +2393,7 @@ mod tests {
         let l = layout(48, 8);
         let p = t.heap.allocate(l).unwrap();
         let q = t.heap.allocate(layout(64, 8)).unwrap();
+        let r = t.heap.allocate(layout(64, 8)).unwrap();
         let mut outside = [0u64; 8];
         let outside_ptr = NonNull::from(&mut outside).cast::<u8>();
         let interior = p.as_ptr() as usize + 8;
@@ -2381,6 +2403,7 @@ mod tests {
             t.heap.deallocate(outside_ptr, l); // foreign
             t.heap.deallocate(nonnull(interior), l); // interior
             t.heap.deallocate(q, layout(100, 8)); // a 64-byte object freed as 112
+            t.heap.deallocate(r, layout(100, 64)); // freed as 128 (aligned to 64)
             t.heap.deallocate(p, layout(4000, 8)); // not a common layout: refused now
         }
         assert_eq!(
@@ -2390,11 +2413,11 @@ mod tests {
         );
         t.heap.drain_cpu();
         let stats = t.heap.stats();
-        assert_eq!(stats.bad_frees, 4);
+        assert_eq!(stats.bad_frees, 5);
         assert_eq!(stats.cached_bytes, 0);
         // The two 48-byte frees were refused in one flush: the hook saw the first.
         let seen = SEEN.lock().unwrap().clone();
-        assert_eq!(seen.len(), 3, "{seen:?}");
+        assert_eq!(seen.len(), 4, "{seen:?}");
         let wrong_layout = |e: &FreeError, at: NonNull<u8>, size: usize| {
             matches!(*e, FreeError::WrongLayout { ptr, expected_size, .. }
                 if ptr == at.as_ptr() as usize && expected_size == size)
@@ -2405,21 +2428,23 @@ mod tests {
         };
         assert!(seen.contains(&foreign), "{seen:?}");
         assert!(seen.iter().any(|e| wrong_layout(e, q, 64)), "{seen:?}");
+        assert!(seen.iter().any(|e| wrong_layout(e, r, 64)), "{seen:?}");
         if !cfg!(feature = "debug-fill") {
             // (Poisoning writes its fill at the free, wherever the pointer points.)
             assert_eq!(outside, [0; 8], "the foreign memory was not written");
         }
-        // Both objects are still allocated, and free normally.
-        assert_eq!(stats.in_use_bytes, 48 + 64);
+        // The objects are still allocated, and free normally.
+        assert_eq!(stats.in_use_bytes, 48 + 64 + 64);
         t.heap.check_invariants().unwrap();
-        // SAFETY: both live, with their layouts.
+        // SAFETY: all live, with their layouts.
         unsafe {
             t.heap.deallocate(p, l);
             t.heap.deallocate(q, layout(64, 8));
+            t.heap.deallocate(r, layout(64, 8));
         }
         t.heap.drain_cpu();
         let stats = t.heap.stats();
-        assert_eq!((stats.in_use_bytes, stats.bad_frees), (0, 4));
+        assert_eq!((stats.in_use_bytes, stats.bad_frees), (0, 5));
         t.heap.check_invariants().unwrap();
     }
 
@@ -2981,29 +3006,36 @@ mod tests {
         t.heap.check_invariants().unwrap();
     }
 
+    /// For a common layout and for small ones aligned beyond 8 (which also skip the
+    /// span at the free without `verify-frees`).
     #[test]
     fn a_double_free_inside_a_cache_is_refused_at_the_flush() {
-        let t = TestHeap::new(8 << 20, 4 << 20);
-        let l = layout(64, 8);
-        let p = t.heap.allocate(l).unwrap();
-        let keep = t.heap.allocate(l).unwrap();
-        // SAFETY: the second free is a bug the cache cannot see; the flush refuses
-        // the second copy instead of corrupting the span.
-        unsafe {
-            t.heap.deallocate(p, l);
-            t.heap.deallocate(p, l);
+        for (size, align) in [(64, 8), (100, 64), (48, 16), (700, 32)] {
+            let t = TestHeap::new(8 << 20, 4 << 20);
+            let l = layout(size, align);
+            let p = t.heap.allocate(l).unwrap();
+            let keep = t.heap.allocate(l).unwrap();
+            assert_eq!(p.as_ptr() as usize % align, 0);
+            // SAFETY: the second free is a bug the cache cannot see; the flush refuses
+            // the second copy instead of corrupting the span.
+            unsafe {
+                t.heap.deallocate(p, l);
+                t.heap.deallocate(p, l);
+            }
+            // Checked mode refuses it at the free itself.
+            let caught_at_once = usize::from(cfg!(feature = "checked"));
+            assert_eq!(t.heap.stats().bad_frees, caught_at_once, "{l:?}");
+            t.heap.drain_cpu();
+            let stats = t.heap.stats();
+            assert_eq!(stats.bad_frees, 1, "{l:?}");
+            assert_eq!(stats.cached_bytes, 0, "drained");
+            let class = class_of(size, align).unwrap();
+            assert_eq!(class.size() % align, 0);
+            assert_eq!(stats.classes[class.index()].objects, 1, "{l:?}");
+            t.heap.check_invariants().unwrap();
+            // SAFETY: still live.
+            unsafe { t.heap.deallocate(keep, l) };
         }
-        // Checked mode refuses it at the free itself.
-        let caught_at_once = usize::from(cfg!(feature = "checked"));
-        assert_eq!(t.heap.stats().bad_frees, caught_at_once);
-        t.heap.drain_cpu();
-        let stats = t.heap.stats();
-        assert_eq!(stats.bad_frees, 1);
-        assert_eq!(stats.cached_bytes, 0, "drained");
-        assert_eq!(stats.classes[class_of(64, 8).unwrap().index()].objects, 1);
-        t.heap.check_invariants().unwrap();
-        // SAFETY: still live.
-        unsafe { t.heap.deallocate(keep, l) };
     }
 
     #[test]

@@ -30,7 +30,7 @@
 //! same work at any thread count. Ops = allocator calls (allocs + frees).
 
 use super::probe::{Call, LineOwners, LineWatch, Probe, Sampler};
-use super::{layout, out_of_memory, Padded, Ring, Rng, Team, WorkerOut};
+use super::{aligned_layout, out_of_memory, with_align, Padded, Ring, Rng, Team, WorkerOut};
 use std::alloc::GlobalAlloc;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
@@ -41,6 +41,9 @@ pub(crate) const MIN_SIZE: usize = 16;
 pub(crate) const MAX_SIZE: usize = 1024;
 /// Steps between two hand-offs of the `Batch` variant, by default (larson's).
 pub(crate) const ROUND: u64 = 1000;
+/// The objects' alignment, by default (`threads --align N` asks for more, one of
+/// `common::ALIGNS`).
+pub(crate) const ALIGN: usize = 8;
 
 /// What a worker records besides its calls.
 #[derive(Clone, Copy)]
@@ -88,19 +91,22 @@ impl Drop for Exchange {
     }
 }
 
-/// One worker: makes and frees objects, hands them on per `variant`.
-struct Worker<'a, A> {
+/// One worker: makes and frees objects (aligned to `ALIGNMENT`), hands them on per
+/// `variant`.
+struct Worker<'a, A, const ALIGNMENT: usize> {
     a: &'a A,
     me: usize,
     rng: Rng,
     out: WorkerOut,
 }
 
-impl<A: GlobalAlloc> Worker<'_, A> {
+impl<A: GlobalAlloc, const ALIGNMENT: usize> Worker<'_, A, ALIGNMENT> {
     fn new_object(&mut self, probe: &mut impl Probe, step: u64) -> usize {
         let size = self.rng.between(MIN_SIZE, MAX_SIZE);
         // SAFETY: non-zero size.
-        let p = probe.time(Call::Alloc, step, || unsafe { self.a.alloc(layout(size)) });
+        let p = probe.time(Call::Alloc, step, || unsafe {
+            self.a.alloc(aligned_layout(size, ALIGNMENT))
+        });
         if p.is_null() {
             out_of_memory("larson", size);
         }
@@ -131,7 +137,8 @@ impl<A: GlobalAlloc> Worker<'_, A> {
         );
         // SAFETY: allocated by `a` with this layout (caller).
         probe.time(Call::Free, step, || unsafe {
-            self.a.dealloc(addr as *mut u8, layout(size))
+            self.a
+                .dealloc(addr as *mut u8, aligned_layout(size, ALIGNMENT))
         });
         self.out.ops += 1;
         self.out.frees += 1;
@@ -147,15 +154,30 @@ impl<A: GlobalAlloc> Worker<'_, A> {
     }
 }
 
-/// The body of one worker of a larson team (pass it to `run_team`).
+/// The body of one worker of a larson team (pass it to `run_team`); every object is
+/// asked with alignment `align`, one of `common::ALIGNS` ([`ALIGN`] by default), a
+/// constant in the loop (`with_align`).
 pub(crate) fn worker<A: GlobalAlloc>(
+    a: &A,
+    team: &Team<'_>,
+    ex: &Exchange,
+    variant: Variant,
+    align: usize,
+    watch: Watch<'_>,
+) -> WorkerOut {
+    with_align!(align, |N| worker_aligned::<A, N>(
+        a, team, ex, variant, watch
+    ))
+}
+
+fn worker_aligned<A: GlobalAlloc, const ALIGNMENT: usize>(
     a: &A,
     team: &Team<'_>,
     ex: &Exchange,
     variant: Variant,
     watch: Watch<'_>,
 ) -> WorkerOut {
-    let mut w = Worker {
+    let mut w: Worker<'_, A, ALIGNMENT> = Worker {
         a,
         me: team.me,
         rng: Rng(0x5eed_0004_0000_0000 + team.me as u64),
@@ -201,7 +223,7 @@ pub(crate) fn worker<A: GlobalAlloc>(
     measured
 }
 
-impl<A: GlobalAlloc> Worker<'_, A> {
+impl<A: GlobalAlloc, const ALIGNMENT: usize> Worker<'_, A, ALIGNMENT> {
     /// The measured loop: steps until the team stops.
     fn steps(
         &mut self,

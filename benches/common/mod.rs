@@ -415,8 +415,51 @@ impl Stop {
 /// Object layout with alignment 8.
 #[inline(always)]
 pub(crate) fn layout(size: usize) -> Layout {
-    // SAFETY: the alignment is a power of two; sizes here are far below isize::MAX.
-    unsafe { Layout::from_size_align_unchecked(size, 8) }
+    aligned_layout(size, 8)
+}
+
+/// The alignments a workload can ask with (`threads --align`, `pairs --align`).
+pub(crate) const ALIGNS: [usize; 5] = [8, 16, 32, 64, 128];
+
+/// Evaluates `$body` with the constant `$n` equal to `$align` (one of [`ALIGNS`]), so
+/// that a measured loop gets one copy per alignment with the alignment a constant in
+/// it, as 8 was before alignments could be chosen: the default's calls stay the same.
+macro_rules! with_align {
+    ($align:expr, |$n:ident| $body:expr) => {
+        match $align {
+            8 => {
+                const $n: usize = 8;
+                $body
+            }
+            16 => {
+                const $n: usize = 16;
+                $body
+            }
+            32 => {
+                const $n: usize = 32;
+                $body
+            }
+            64 => {
+                const $n: usize = 64;
+                $body
+            }
+            128 => {
+                const $n: usize = 128;
+                $body
+            }
+            align => panic!("alignment {align}: not one of {:?}", $crate::common::ALIGNS),
+        }
+    };
+}
+pub(crate) use with_align;
+
+/// `size` bytes aligned to `align`, which the caller checked to be a power of two.
+#[inline(always)]
+pub(crate) fn aligned_layout(size: usize, align: usize) -> Layout {
+    debug_assert!(align.is_power_of_two());
+    // SAFETY: the alignment is a power of two (caller); sizes here are far below
+    // isize::MAX.
+    unsafe { Layout::from_size_align_unchecked(size, align) }
 }
 
 #[cold]

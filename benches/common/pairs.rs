@@ -4,12 +4,12 @@
 //! Pre-fill `live` objects, then each step frees a uniformly random live slot and
 //! allocates a new block into it, so the live set stays at `live`. Sizes come from a
 //! table of 4096 entries (log-uniform between two bounds, or one fixed size),
-//! alignment 8; the first and last byte of each new block are written. The sequence
+//! alignment 8 unless the workload asks more (`pairs --align N`); the first and last byte of each new block are written. The sequence
 //! of (slot, size) comes from SplitMix64 with a fixed seed, so every allocator sees
 //! exactly the same requests.
 
 use super::probe::{Call, Probe};
-use super::{layout, out_of_memory, Rng};
+use super::{aligned_layout, out_of_memory, with_align, Rng, ALIGNS};
 use std::alloc::GlobalAlloc;
 use std::ptr;
 
@@ -20,6 +20,8 @@ pub(crate) struct Workload {
     pub(crate) sizes: Vec<u32>,
     pub(crate) live: usize,
     pub(crate) seed: u64,
+    /// The alignment of every request (a power of two).
+    pub(crate) align: usize,
 }
 
 impl Workload {
@@ -34,7 +36,12 @@ impl Workload {
                 s.clamp(min, max) as u32
             })
             .collect();
-        Workload { sizes, live, seed }
+        Workload {
+            sizes,
+            live,
+            seed,
+            align: 8,
+        }
     }
 
     /// Every request `size` bytes.
@@ -43,7 +50,17 @@ impl Workload {
             sizes: vec![size as u32; 1 << SIZE_TABLE_BITS],
             live,
             seed,
+            align: 8,
         }
+    }
+
+    /// The same requests, aligned to `align` (one of [`ALIGNS`]).
+    pub(crate) fn aligned(self, align: usize) -> Self {
+        assert!(
+            ALIGNS.contains(&align),
+            "alignment {align}: not one of {ALIGNS:?}"
+        );
+        Workload { align, ..self }
     }
 
     pub(crate) fn max_size(&self) -> usize {
@@ -79,6 +96,7 @@ fn next_request(rng: &mut Rng, sizes: &[u32], live: usize) -> (usize, usize) {
 pub(crate) struct State {
     rng: Rng,
     live: Vec<Slot>,
+    align: usize,
     /// Sum of the requested sizes of the measured steps (the same for every
     /// allocator: a check that they all ran the same sequence).
     pub(crate) bytes: u64,
@@ -93,7 +111,7 @@ impl State {
             .map(|_| {
                 let (_, size) = next_request(&mut rng, &w.sizes, w.live);
                 // SAFETY: non-zero size.
-                let ptr = unsafe { a.alloc(layout(size)) };
+                let ptr = unsafe { a.alloc(aligned_layout(size, w.align)) };
                 if ptr.is_null() {
                     out_of_memory(name, size);
                 }
@@ -104,13 +122,14 @@ impl State {
         State {
             rng,
             live,
+            align: w.align,
             bytes: 0,
             steps: 0,
         }
     }
 
-    /// The measured loop: `n` steps (one free and one alloc each).
-    #[inline(never)]
+    /// The measured loop: `n` steps (one free and one alloc each), with the
+    /// workload's alignment a constant in it (`with_align`).
     pub(crate) fn pairs<A: GlobalAlloc, P: Probe>(
         &mut self,
         name: &str,
@@ -119,17 +138,33 @@ impl State {
         probe: &mut P,
         n: u64,
     ) {
+        with_align!(self.align, |N| self
+            .pairs_aligned::<A, P, N>(name, a, w, probe, n))
+    }
+
+    #[inline(never)]
+    fn pairs_aligned<A: GlobalAlloc, P: Probe, const ALIGNMENT: usize>(
+        &mut self,
+        name: &str,
+        a: &A,
+        w: &Workload,
+        probe: &mut P,
+        n: u64,
+    ) {
         let live = &mut self.live[..];
+        let align = ALIGNMENT;
         let mut bytes = 0u64;
         for i in self.steps..self.steps + n {
             let (slot, size) = next_request(&mut self.rng, &w.sizes, live.len());
             let old = live[slot];
             // SAFETY: `old` was allocated by `a` with this layout and is freed once.
             probe.time(Call::Free, i, || unsafe {
-                a.dealloc(old.ptr, layout(old.size))
+                a.dealloc(old.ptr, aligned_layout(old.size, align))
             });
             // SAFETY: non-zero size.
-            let ptr = probe.time(Call::Alloc, i, || unsafe { a.alloc(layout(size)) });
+            let ptr = probe.time(Call::Alloc, i, || unsafe {
+                a.alloc(aligned_layout(size, align))
+            });
             if ptr.is_null() {
                 out_of_memory(name, size);
             }
@@ -145,7 +180,7 @@ impl State {
     pub(crate) fn free_all<A: GlobalAlloc>(self, a: &A) {
         for s in self.live {
             // SAFETY: allocated by `a` with this layout, freed once.
-            unsafe { a.dealloc(s.ptr, layout(s.size)) };
+            unsafe { a.dealloc(s.ptr, aligned_layout(s.size, self.align)) };
         }
     }
 }

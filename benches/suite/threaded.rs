@@ -67,7 +67,14 @@ impl Bench for Larson {
         let ex = Exchange::new(column.threads);
         let variant = self.0;
         let run = run_team(column.threads, limit(scale), |team| {
-            larson::worker(&*a, team, &ex, variant, larson::Watch::Latency)
+            larson::worker(
+                &*a,
+                team,
+                &ex,
+                variant,
+                larson::ALIGN,
+                larson::Watch::Latency,
+            )
         });
         Measured {
             latency: run.latency,
