@@ -955,22 +955,23 @@ impl<P: Platform> SpanHeap<P> {
                 return;
             }
         }
+        #[cfg(not(feature = "verify-frees"))]
+        return self.free_uncommon(addr, layout);
+        #[cfg(feature = "verify-frees")]
         self.free_by_span(addr, layout)
     }
 
-    /// Frees the block at `addr` (or ignores 0) after finding its span: the checked
-    /// free. Without `verify-frees` and `checked` only uncommon layouts come here
-    /// (small ones aligned beyond 8, which skip the span as well, tiny ones and large
-    /// ones), so it is out of line and the common free falls through to its push with
-    /// no jump.
-    #[cfg_attr(not(feature = "verify-frees"), cold, inline(never))]
-    #[cfg_attr(feature = "verify-frees", inline(always))]
-    fn free_by_span(&self, addr: usize, layout: Layout) {
-        // Without `verify-frees`: a small layout aligned beyond 8 says its class just as
-        // a common one does (`class_of` is a pure function of the layout, and the
-        // object was taken from that class), so it skips the span too. Out of line
-        // here, so that the common free above stays as it is.
-        #[cfg(not(feature = "verify-frees"))]
+    /// Without `verify-frees`, a free whose layout is not common: a small layout
+    /// aligned beyond 8 says its class just as a common one does (`class_of` is a pure
+    /// function of the layout, and the object was taken from that class), so its
+    /// object goes onto this CPU's cache without its span being looked at; tiny and
+    /// large layouts (and null) go through the span. Small and out of line, apart
+    /// from `free_by_span`, so that neither the common free nor this one pays for the
+    /// other's registers.
+    #[cfg(not(feature = "verify-frees"))]
+    #[cold]
+    #[inline(never)]
+    fn free_uncommon(&self, addr: usize, layout: Layout) {
         if layout.align() > CLASS_GRANULE {
             if let (Some(class), Some(ptr)) = (
                 class_of(layout.size(), layout.align()),
@@ -982,6 +983,16 @@ impl<P: Platform> SpanHeap<P> {
                 return;
             }
         }
+        self.free_by_span(addr, layout)
+    }
+
+    /// Frees the block at `addr` (or ignores 0) after finding its span: the checked
+    /// free. Without `verify-frees` and `checked` only tiny and large layouts come here
+    /// (through `free_uncommon`), so it is out of line and the common free falls
+    /// through to its push with no jump.
+    #[cfg_attr(not(feature = "verify-frees"), cold, inline(never))]
+    #[cfg_attr(feature = "verify-frees", inline(always))]
+    fn free_by_span(&self, addr: usize, layout: Layout) {
         match self.span_of_near(addr) {
             // SAFETY: `addr` lies in a span, which holds no page 0: not null.
             Some((arena, span)) => self.free_in(arena, span, unsafe { nonnull(addr) }, layout),
