@@ -64,7 +64,7 @@ use spin::{Mutex, MutexGuard};
 
 /// A free the heap refused because it can prove it wrong. The memory is left as it
 /// was; nothing else is touched. (Unless the feature `verify-frees` or `checked` is
-/// on, a wrong free of a common layout is found, if at all, only when its object
+/// on, a wrong free of a small layout is found, if at all, only when its object
 /// leaves a CPU cache: the cache may have handed the pointer out again before.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FreeError {
@@ -84,7 +84,7 @@ pub enum FreeError {
         /// The pointer given.
         ptr: usize,
         /// The layout given. For a free found wrong only when its object left a cache
-        /// (the default free of a common layout): the layout of the class it was freed
+        /// (the default free of a small layout): the layout of the class it was freed
         /// to.
         layout: Layout,
         /// The size the allocation's span serves (its class size or page run).
@@ -911,7 +911,9 @@ impl<P: Platform> SpanHeap<P> {
     /// instructions, no lock, no stack frame. It trusts the caller's layout and
     /// pointer: a wrong one may be refused only when its object leaves the cache for
     /// its span (a flush), and until then the cache may hand the pointer out again.
-    /// Other frees find their span first and are checked at once.
+    /// Any other small layout (above 1 KiB, or aligned to 16 up to a page) is trusted
+    /// the same way after one call more (`class_of` out of line). Tiny and large
+    /// frees find their span first and are checked at once.
     ///
     /// With the feature `verify-frees` (or `checked`) every free finds its span first
     /// (arena index, span map), compares the size against the span's class, and
@@ -961,24 +963,25 @@ impl<P: Platform> SpanHeap<P> {
         self.free_by_span(addr, layout)
     }
 
-    /// Without `verify-frees`, a free whose layout is not common: a small layout
-    /// aligned beyond 8 says its class just as a common one does (`class_of` is a pure
-    /// function of the layout, and the object was taken from that class), so its
-    /// object goes onto this CPU's cache without its span being looked at; tiny and
-    /// large layouts (and null) go through the span. Small and out of line, apart
+    /// Without `verify-frees`, a free whose layout is not common, or is tiny: a small
+    /// layout (above 1 KiB, or aligned beyond 8) says its class just as a common one
+    /// does (`class_of` is a pure function of the layout, and the object was taken
+    /// from that class), so its object goes onto this CPU's cache without its span
+    /// being looked at; tiny and large layouts (and null) go through the span. Small and out of line, apart
     /// from `free_by_span`, so that neither the common free nor this one pays for the
     /// other's registers.
     #[cfg(not(feature = "verify-frees"))]
     #[cold]
     #[inline(never)]
     fn free_uncommon(&self, addr: usize, layout: Layout) {
-        if layout.align() > CLASS_GRANULE {
+        // Not a common layout, so not a tiny one either.
+        if !crate::size_class::is_common(layout.size(), layout.align()) {
             if let (Some(class), Some(ptr)) = (
                 class_of(layout.size(), layout.align()),
                 NonNull::new(addr as *mut u8),
             ) {
                 // SAFETY: an object of `layout` (the caller), so of `class`; no
-                // alignment above 8 is tiny.
+                // layout that is not common is tiny.
                 unsafe { self.push_free(class, ptr) };
                 return;
             }
@@ -1208,8 +1211,8 @@ impl<P: Platform> SpanHeap<P> {
     ) -> Result<(), FreeError> {
         let (arena, span) = self.span_of(addr).ok_or(FreeError::Foreign { ptr: addr })?;
         // SAFETY: a span in the map is a live descriptor. Its class was checked at the
-        // free of an uncommon layout and with `verify-frees` or `checked`; a trusted
-        // free of a common layout may name a span of another class or a large one:
+        // free of a tiny layout and with `verify-frees` or `checked`; a trusted free
+        // of a small layout may name a span of another class or a large one:
         // refused below, before its bitmap is read. The bitmap of a span of `class`
         // is read under the class's lock.
         let s = unsafe { span.as_ref() };
@@ -2390,8 +2393,8 @@ mod tests {
         unsafe { t.heap.deallocate(keep, l) };
     }
 
-    /// The default free: a free of a small layout (aligned to 8 or beyond) is not
-    /// checked at the free. Its object is refused when it leaves the cache for its
+    /// The default free: a free of a small layout (up to 1 KiB aligned to 8, or
+    /// above 1 KiB, or aligned beyond 8) is not checked at the free. Its object is refused when it leaves the cache for its
     /// span, and nothing else is harmed; every refusal of one flush is counted. Frees
     /// of other layouts (large here) still go through their span at once.
     #[cfg(not(feature = "verify-frees"))]
@@ -2405,30 +2408,28 @@ mod tests {
         let p = t.heap.allocate(l).unwrap();
         let q = t.heap.allocate(layout(64, 8)).unwrap();
         let r = t.heap.allocate(layout(64, 8)).unwrap();
+        let u = t.heap.allocate(layout(64, 8)).unwrap();
         let mut outside = [0u64; 8];
         let outside_ptr = NonNull::from(&mut outside).cast::<u8>();
         let interior = p.as_ptr() as usize + 8;
-        // SAFETY: wrong frees: the first three go into this CPU's cache untouched,
+        // SAFETY: wrong frees: the first five go into this CPU's cache untouched,
         // and no allocation takes them out before the flush refuses them.
         unsafe {
             t.heap.deallocate(outside_ptr, l); // foreign
             t.heap.deallocate(nonnull(interior), l); // interior
             t.heap.deallocate(q, layout(100, 8)); // a 64-byte object freed as 112
             t.heap.deallocate(r, layout(100, 64)); // freed as 128 (aligned to 64)
-            t.heap.deallocate(p, layout(4000, 8)); // not a common layout: refused now
+            t.heap.deallocate(u, layout(4000, 8)); // freed as 4096
+            t.heap.deallocate(p, layout(40000, 8)); // a large layout: refused now
         }
-        assert_eq!(
-            t.heap.stats().bad_frees,
-            1,
-            "only the uncommon layout at once"
-        );
+        assert_eq!(t.heap.stats().bad_frees, 1, "only the large layout at once");
         t.heap.drain_cpu();
         let stats = t.heap.stats();
-        assert_eq!(stats.bad_frees, 5);
+        assert_eq!(stats.bad_frees, 6);
         assert_eq!(stats.cached_bytes, 0);
         // The two 48-byte frees were refused in one flush: the hook saw the first.
         let seen = SEEN.lock().unwrap().clone();
-        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert_eq!(seen.len(), 5, "{seen:?}");
         let wrong_layout = |e: &FreeError, at: NonNull<u8>, size: usize| {
             matches!(*e, FreeError::WrongLayout { ptr, expected_size, .. }
                 if ptr == at.as_ptr() as usize && expected_size == size)
@@ -2440,22 +2441,24 @@ mod tests {
         assert!(seen.contains(&foreign), "{seen:?}");
         assert!(seen.iter().any(|e| wrong_layout(e, q, 64)), "{seen:?}");
         assert!(seen.iter().any(|e| wrong_layout(e, r, 64)), "{seen:?}");
+        assert!(seen.iter().any(|e| wrong_layout(e, u, 64)), "{seen:?}");
         if !cfg!(feature = "debug-fill") {
             // (Poisoning writes its fill at the free, wherever the pointer points.)
             assert_eq!(outside, [0; 8], "the foreign memory was not written");
         }
         // The objects are still allocated, and free normally.
-        assert_eq!(stats.in_use_bytes, 48 + 64 + 64);
+        assert_eq!(stats.in_use_bytes, 48 + 3 * 64);
         t.heap.check_invariants().unwrap();
         // SAFETY: all live, with their layouts.
         unsafe {
             t.heap.deallocate(p, l);
             t.heap.deallocate(q, layout(64, 8));
             t.heap.deallocate(r, layout(64, 8));
+            t.heap.deallocate(u, layout(64, 8));
         }
         t.heap.drain_cpu();
         let stats = t.heap.stats();
-        assert_eq!((stats.in_use_bytes, stats.bad_frees), (0, 5));
+        assert_eq!((stats.in_use_bytes, stats.bad_frees), (0, 6));
         t.heap.check_invariants().unwrap();
     }
 

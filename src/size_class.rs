@@ -626,8 +626,13 @@ pub fn class_of(size: usize, align: usize) -> Option<SizeClass> {
 pub(crate) fn class_of_common(size: usize, align: usize) -> Option<SizeClass> {
     // Every class is a multiple of CLASS_GRANULE (checked below), so such an alignment
     // never moves the class up.
-    (size <= SMALL_SIZE_MAX && align <= CLASS_GRANULE)
-        .then(|| SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)])
+    is_common(size, align).then(|| SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)])
+}
+
+/// `true` for the requests [`class_of_common`] answers.
+#[inline(always)]
+pub(crate) fn is_common(size: usize, align: usize) -> bool {
+    size <= SMALL_SIZE_MAX && align <= CLASS_GRANULE
 }
 
 #[cold]
