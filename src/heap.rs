@@ -977,7 +977,7 @@ impl<P: Platform> SpanHeap<P> {
         // Not a common layout, so not a tiny one either.
         if !crate::size_class::is_common(layout.size(), layout.align()) {
             if let (Some(class), Some(ptr)) = (
-                class_of(layout.size(), layout.align()),
+                crate::size_class::class_of_uncommon(layout.size(), layout.align()),
                 NonNull::new(addr as *mut u8),
             ) {
                 // SAFETY: an object of `layout` (the caller), so of `class`; no

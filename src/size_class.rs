@@ -428,7 +428,7 @@ static SIZE_TO_CLASS8: [SizeClass; SMALL_SIZE_MAX / SMALL_SIZE_DIV + 1] = {
     classes
 };
 
-/// The largest alignment `class_of_aligned` answers from a table of its own: a cache
+/// The largest alignment [`class_of_uncommon`] answers from a table of its own: a cache
 /// line, what a kernel asks for objects that other CPUs touch.
 const LINE_ALIGN_MAX: usize = 64;
 /// Rows of [`SIZE_TO_CLASS8_ALIGNED`]: one per alignment 16, 32 and 64.
@@ -616,7 +616,14 @@ pub fn class_of(size: usize, align: usize) -> Option<SizeClass> {
     if let Some(class) = class_of_common(size, align) {
         return Some(class);
     }
-    class_of_aligned(size, align)
+    class_of_rest(size, align)
+}
+
+/// [`class_of_uncommon`] out of line, for [`class_of`].
+#[cold]
+#[inline(never)]
+fn class_of_rest(size: usize, align: usize) -> Option<SizeClass> {
+    class_of_uncommon(size, align)
 }
 
 /// [`class_of`] for the common request (`size <= 1024`, `align <= 8`): two compares
@@ -629,17 +636,12 @@ pub(crate) fn class_of_common(size: usize, align: usize) -> Option<SizeClass> {
     is_common(size, align).then(|| SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)])
 }
 
-/// `true` for the requests [`class_of_common`] answers.
+/// [`class_of`] for a request that is not common, for callers already out of line:
+/// a small request aligned to 16, 32 or 64 from [`SIZE_TO_CLASS8_ALIGNED`] inline (no
+/// bounds check: the row is a constant per arm, the column at most 128), the rest
+/// through `class_of_aligned`.
 #[inline(always)]
-pub(crate) fn is_common(size: usize, align: usize) -> bool {
-    size <= SMALL_SIZE_MAX && align <= CLASS_GRANULE
-}
-
-#[cold]
-#[inline(never)]
-fn class_of_aligned(size: usize, align: usize) -> Option<SizeClass> {
-    // A small request aligned to 16, 32 or 64: one load (no bounds check: the row is
-    // a constant per arm, the column at most 128).
+pub(crate) fn class_of_uncommon(size: usize, align: usize) -> Option<SizeClass> {
     if size <= SMALL_SIZE_MAX {
         let row = match align {
             16 => Some(&SIZE_TO_CLASS8_ALIGNED[0]),
@@ -651,6 +653,19 @@ fn class_of_aligned(size: usize, align: usize) -> Option<SizeClass> {
             return Some(row[size.div_ceil(SMALL_SIZE_DIV)]);
         }
     }
+    class_of_aligned(size, align)
+}
+
+/// `true` for the requests [`class_of_common`] answers.
+#[inline(always)]
+pub(crate) fn is_common(size: usize, align: usize) -> bool {
+    size <= SMALL_SIZE_MAX && align <= CLASS_GRANULE
+}
+
+/// The general lookup: the class by size, then `ALIGN_UP` (inlined into its callers,
+/// which are out of line).
+#[inline(always)]
+fn class_of_aligned(size: usize, align: usize) -> Option<SizeClass> {
     let by_size = if size <= SMALL_SIZE_MAX {
         SIZE_TO_CLASS8[size.div_ceil(SMALL_SIZE_DIV)].0.get()
     } else {
