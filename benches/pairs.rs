@@ -3,9 +3,10 @@
 //! Workload: 10 000 live objects. Pre-fill them, then each step frees a uniformly
 //! random live slot and allocates a new block into it, so the live set stays at
 //! 10 000. Sizes are log-uniform over 16 B ..= 4 KiB (every octave equally likely,
-//! log-uniform inside it too), alignment 8 (`--align N` for more); the first and last byte of each new block
-//! are written. The sequence of (slot, size) comes from SplitMix64 with a fixed seed, so
-//! every allocator sees exactly the same requests.
+//! log-uniform inside it too), alignment 8 (`--align N`: 16, 32, 64 or 128); the first
+//! and last byte of each new block are written. The sequence of (slot, size) comes
+//! from SplitMix64 with a fixed seed, so every allocator sees exactly the same
+//! requests.
 //!
 //! Every allocator gets its own freshly allocated 64 MiB region (aligned to 2 MiB,
 //! every page written once before the allocator sees it, so no page fault is timed),

@@ -967,9 +967,9 @@ impl<P: Platform> SpanHeap<P> {
     /// layout (above 1 KiB, or aligned beyond 8) says its class just as a common one
     /// does (`class_of` is a pure function of the layout, and the object was taken
     /// from that class), so its object goes onto this CPU's cache without its span
-    /// being looked at; tiny and large layouts (and null) go through the span. Small and out of line, apart
-    /// from `free_by_span`, so that neither the common free nor this one pays for the
-    /// other's registers.
+    /// being looked at; tiny and large layouts (and null) go through the span. Small
+    /// and out of line, apart from `free_by_span`, so that neither the common free nor
+    /// this one pays for the other's registers.
     #[cfg(not(feature = "verify-frees"))]
     #[cold]
     #[inline(never)]
@@ -2393,10 +2393,11 @@ mod tests {
         unsafe { t.heap.deallocate(keep, l) };
     }
 
-    /// The default free: a free of a small layout (up to 1 KiB aligned to 8, or
-    /// above 1 KiB, or aligned beyond 8) is not checked at the free. Its object is refused when it leaves the cache for its
-    /// span, and nothing else is harmed; every refusal of one flush is counted. Frees
-    /// of other layouts (large here) still go through their span at once.
+    /// The default free: a free of a small layout (up to 1 KiB aligned to 8, or above
+    /// 1 KiB, or aligned beyond 8) is not checked at the free. Its object is refused
+    /// when it leaves the cache for its span, and nothing else is harmed; every
+    /// refusal of one flush is counted. Frees of other layouts (large here) still go
+    /// through their span at once.
     #[cfg(not(feature = "verify-frees"))]
     #[test]
     fn unverified_frees_are_refused_when_their_objects_leave_the_cache() {

@@ -607,9 +607,9 @@ impl SizeClass {
 /// `Layout::align()` is (checked in debug builds).
 ///
 /// Cost, for the common request (`size <= 1024`, `align <= 8`): two compares and one
-/// table load; out of line, one table load more for `size <= 1024` aligned to 16, 32
-/// or 64 (`SIZE_TO_CLASS8_ALIGNED`), two more otherwise. No loop. Alloc and dealloc both call
-/// it, so it must stay a pure function of its arguments.
+/// table load; out of line, one table load for `size <= 1024` aligned to 16, 32 or
+/// 64 (`SIZE_TO_CLASS8_ALIGNED`), two or three otherwise. No loop. Alloc and dealloc
+/// both call it, so it must stay a pure function of its arguments.
 #[inline(always)]
 pub fn class_of(size: usize, align: usize) -> Option<SizeClass> {
     debug_assert!(align.is_power_of_two(), "align is a power of two");

@@ -4,9 +4,9 @@
 //! Pre-fill `live` objects, then each step frees a uniformly random live slot and
 //! allocates a new block into it, so the live set stays at `live`. Sizes come from a
 //! table of 4096 entries (log-uniform between two bounds, or one fixed size),
-//! alignment 8 unless the workload asks more (`pairs --align N`); the first and last byte of each new block are written. The sequence
-//! of (slot, size) comes from SplitMix64 with a fixed seed, so every allocator sees
-//! exactly the same requests.
+//! alignment 8 unless the workload asks more (`pairs --align N`); the first and last
+//! byte of each new block are written. The sequence of (slot, size) comes from
+//! SplitMix64 with a fixed seed, so every allocator sees exactly the same requests.
 
 use super::probe::{Call, Probe};
 use super::{aligned_layout, out_of_memory, with_align, Rng, ALIGNS};
