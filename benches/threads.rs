@@ -28,10 +28,16 @@
 //! The host's speed drifts (here a core's throughput changed by up to 1.4x from one
 //! run to the next), so a ratio is only taken within one sample (one allocator with
 //! one thread, then with two), the samples go in rounds over the allocators, and a
-//! probe (the floor without hand-off, 1 then 2 threads) runs between two samples. A
-//! sample whose probes on both sides scaled 1.9x or more ran while the host gave the
-//! benchmark two full cores; the tables give the median ratio over all samples and
-//! over those.
+//! probe (the floor without hand-off, 1 then 2 threads, then 100 000 round trips of
+//! one cache line between the two threads) runs between two samples. A sample whose
+//! probes on both sides scaled 1.9x or more ran while the host gave the benchmark two
+//! full cores; one whose probes also moved a line in under 40 ns ran on two near
+//! cores. The hypervisor places the two virtual CPUs of this machine
+//! near or far from one another and changes its mind within minutes (a line move of
+//! 21-27 ns in some stretches, 52-64 or about 200 ns in others), and every hand-over
+//! costs line moves, so the tables give the median ratio over all samples, over the
+//! two-core ones, and over those split into near and far, and the range of the
+//! line-move probes.
 //!
 //! `--align N` asks every object of the workload with alignment N (16, 32, 64 or 128)
 //! instead of 8, in every allocator; with 64 no two objects share a cache
@@ -53,6 +59,7 @@
 //! cargo bench --bench threads                     # all, 1 and 2 threads, 9 rounds
 //! cargo bench --bench threads -- --steps 200000 --runs 5 --only spanheap --variant batch
 //! cargo bench --bench threads -- --only floor
+//! cargo bench --bench threads -- --only floor --only spanheap --variant batch --round 100000
 //! cargo bench --bench threads -- --variant batch --round 10000   # fewer cross-thread frees
 //! cargo bench --bench threads -- --variant batch --lines          # line moves, untimed
 //! cargo bench --bench threads -- --variant batch --round 100000 --align 64   # whole lines
@@ -239,6 +246,49 @@ fn cell_list(layout: Layout) -> usize {
 /// host is taken to give the benchmark two full cores.
 const GOOD_FLOOR: f64 = 1.9;
 
+/// A line move (`move_ns`) under this many nanoseconds on both sides of a sample: the
+/// host ran the two threads on near cores (a move this cheap suggests a shared
+/// last-level cache; the guest cannot see the topology). On this machine the probe
+/// reads 21-27 ns in some stretches and 52-64 or about 200 ns in others (the
+/// hypervisor places the two virtual CPUs), and the workload's hand-overs cost in
+/// proportion.
+const NEAR_MOVE_NS: f64 = 40.0;
+
+/// Round trips of the line-move probe between two samples (a few milliseconds).
+const PROBE_TURNS: u64 = 100_000;
+
+/// What the probe between two samples read.
+struct Probed {
+    /// The floor without hand-off: 2 threads / 1 thread.
+    scaling: f64,
+    /// One cache line moved between the two threads, in ns.
+    move_ns: f64,
+}
+
+/// What the host gave a sample, by the probes on both sides of it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Host {
+    /// Less than two full cores on one side at least.
+    Shared,
+    /// Two full cores (the probes scaled [`GOOD_FLOOR`] or more), a line move
+    /// [`NEAR_MOVE_NS`] or more on one side at least.
+    FarCores,
+    /// Two full cores, and a line move under [`NEAR_MOVE_NS`] on both sides.
+    NearCores,
+}
+
+impl Host {
+    fn between(before: &Probed, after: &Probed) -> Host {
+        if before.scaling.min(after.scaling) < GOOD_FLOOR {
+            Host::Shared
+        } else if before.move_ns.max(after.move_ns) < NEAR_MOVE_NS {
+            Host::NearCores
+        } else {
+            Host::FarCores
+        }
+    }
+}
+
 /// One allocator in one round: allocator calls per second with 1 and 2 threads, and
 /// the share of frees that crossed threads with 2.
 #[derive(Clone, Copy)]
@@ -358,21 +408,7 @@ fn line_table(entries: &[Option<Which>], variant: Variant, align: usize, steps: 
 /// no overlap; in a workload misses overlap and cost less each).
 fn line_ping() {
     const TURNS: u64 = 2_000_000;
-    let turn = Padded(AtomicU64::new(0));
-    let play = |first: u64| {
-        for t in (first..2 * TURNS).step_by(2) {
-            while turn.load(Ordering::Acquire) != t {
-                std::hint::spin_loop();
-            }
-            turn.store(t + 1, Ordering::Release);
-        }
-    };
-    let start = std::time::Instant::now();
-    std::thread::scope(|s| {
-        s.spawn(|| play(1));
-        play(0);
-    });
-    let ns = start.elapsed().as_nanos() as f64 / (2 * TURNS) as f64;
+    let ns = move_ns(TURNS);
     println!("one cache line moved between two threads: {ns:.1} ns per move ({TURNS} round trips)");
     // What the host gives two threads that share nothing: a compute loop in
     // registers, on one thread and then on two at once.
@@ -399,6 +435,32 @@ fn line_ping() {
     );
 }
 
+/// Nanoseconds per move of one cache line between two threads that take `turns`
+/// turns each writing one counter, each waiting for the other's value (a chain of
+/// dependent moves, so no overlap). The clock starts after a warm-up of 20 000 turns:
+/// until the scheduler has put the new thread on the other core, a move can cost a
+/// context switch (without it, 100 000 turns read 47-117 ns where 2 000 000 read 23).
+fn move_ns(turns: u64) -> f64 {
+    const WARM_TURNS: u64 = 20_000;
+    let turn = Padded(AtomicU64::new(0));
+    let play = |first: u64, end: u64| {
+        for t in (first..end).step_by(2) {
+            while turn.load(Ordering::Acquire) != t {
+                std::hint::spin_loop();
+            }
+            turn.store(t + 1, Ordering::Release);
+        }
+    };
+    let (warm, end) = (2 * WARM_TURNS, 2 * (WARM_TURNS + turns));
+    std::thread::scope(|s| {
+        s.spawn(|| play(1, end));
+        play(0, warm);
+        let start = std::time::Instant::now();
+        play(warm, end);
+        start.elapsed().as_nanos() as f64 / (2 * turns) as f64
+    })
+}
+
 /// The table name of `which` (`None`: the floor).
 fn label(which: Option<Which>) -> &'static str {
     which.map_or(
@@ -410,7 +472,7 @@ fn label(which: Option<Which>) -> &'static str {
 fn main() {
     let mut steps = DEFAULT_STEPS;
     let mut runs = 9;
-    let mut only = None;
+    let mut only = Vec::new();
     let mut variants = vec![
         Variant::Local,
         Variant::Ring(4),
@@ -427,7 +489,7 @@ fn main() {
             "--runs" => runs = value().parse().expect("--runs N"),
             "--only" => {
                 let name = value();
-                only = Some(match name.as_str() {
+                only.push(match name.as_str() {
                     "floor" => None,
                     _ => Some(Which::from_name(&name).expect("--only NAME|floor")),
                 })
@@ -457,7 +519,7 @@ fn main() {
             "--ping" => return line_ping(),
             "--bench" => {}
             _ => panic!(
-                "usage: threads [--steps N] [--runs N] [--only NAME] [--variant local|ring|batch] [--handoff N] [--round N] [--align N] [--lines] [--ping]"
+                "usage: threads [--steps N] [--runs N] [--only NAME]... [--variant local|ring|batch] [--handoff N] [--round N] [--align N] [--lines] [--ping]"
             ),
         }
     }
@@ -480,7 +542,7 @@ fn main() {
     }
     let entries: Vec<Option<Which>> = std::iter::once(None)
         .chain(Which::ALL.map(Some))
-        .filter(|w| only.is_none_or(|o| o == *w))
+        .filter(|w| only.is_empty() || only.contains(w))
         .collect();
     for variant in variants {
         println!();
@@ -502,44 +564,63 @@ fn main() {
         // Rounds of samples with a probe between two samples (see the module doc): a
         // sample counts as one where the host gave two full cores when the probes on
         // both sides of it scaled GOOD_FLOOR or more.
-        let probe = || sample(None, Variant::Local, larson::ALIGN, steps).ratio();
-        let mut samples: Vec<Vec<(Sample, bool)>> = vec![Vec::new(); entries.len()];
+        let probe = || Probed {
+            scaling: sample(None, Variant::Local, larson::ALIGN, steps).ratio(),
+            move_ns: move_ns(PROBE_TURNS),
+        };
+        let mut samples: Vec<Vec<(Sample, Host)>> = vec![Vec::new(); entries.len()];
+        let mut moves = Vec::new();
         let mut before = probe();
+        moves.push(before.move_ns);
         for _ in 0..runs {
             for (which, samples) in entries.iter().zip(&mut samples) {
                 let s = sample(*which, variant, align, steps);
                 let after = probe();
-                samples.push((s, before.min(after) >= GOOD_FLOOR));
+                moves.push(after.move_ns);
+                samples.push((s, Host::between(&before, &after)));
                 before = after;
             }
         }
         println!();
         println!(
-            "| allocator | 1 thread | 2 threads | 2 threads / 1 thread | the same where the probes scaled {GOOD_FLOOR}x or more | cross-thread frees at 2 |"
+            "| allocator | 1 thread | 2 threads | 2 threads / 1 thread | the same where the probes scaled {GOOD_FLOOR}x or more | of those, where a line move took under {NEAR_MOVE_NS} ns | where it took {NEAR_MOVE_NS} ns or more | cross-thread frees at 2 |"
         );
-        println!("|---|---:|---:|---:|---:|---:|");
+        println!("|---|---:|---:|---:|---:|---:|---:|---:|");
         for (which, samples) in entries.iter().zip(&samples) {
             let pick = |f: &dyn Fn(&Sample) -> f64| {
                 median(&mut samples.iter().map(|(s, _)| f(s)).collect::<Vec<_>>())
             };
-            let mut good: Vec<f64> = samples
-                .iter()
-                .filter(|(_, g)| *g)
-                .map(|(s, _)| s.ratio())
-                .collect();
-            let in_good = match good.len() {
-                0 => "- (0 samples)".to_string(),
-                n => format!("{:.2}x ({n} samples)", median(&mut good)),
+            let ratio_where = |keep: &dyn Fn(Host) -> bool| {
+                let mut ratios: Vec<f64> = samples
+                    .iter()
+                    .filter(|(_, h)| keep(*h))
+                    .map(|(s, _)| s.ratio())
+                    .collect();
+                match ratios.len() {
+                    0 => "- (0 samples)".to_string(),
+                    n => format!("{:.2}x ({n} samples)", median(&mut ratios)),
+                }
             };
             println!(
-                "| {} | {:.2} | {:.2} | {:.2}x | {} | {:.0}% |",
+                "| {} | {:.2} | {:.2} | {:.2}x | {} | {} | {} | {:.1}% |",
                 label(*which),
                 pick(&|s| s.one) / 1e6,
                 pick(&|s| s.two) / 1e6,
                 pick(&Sample::ratio),
-                in_good,
+                ratio_where(&|h| h != Host::Shared),
+                ratio_where(&|h| h == Host::NearCores),
+                ratio_where(&|h| h == Host::FarCores),
                 pick(&|s| s.cross) * 100.0
             );
         }
+        moves.sort_by(f64::total_cmp);
+        println!();
+        println!(
+            "a line move between the samples ({} probes of {PROBE_TURNS} round trips): {:.1} ns at least, {:.1} median, {:.1} at most",
+            moves.len(),
+            moves[0],
+            median(&mut moves.clone()),
+            moves[moves.len() - 1]
+        );
     }
 }
