@@ -32,12 +32,12 @@
 //! one cache line between the two threads) runs between two samples. A sample whose
 //! probes on both sides scaled 1.9x or more ran while the host gave the benchmark two
 //! full cores; one whose probes also moved a line in under 40 ns ran on two near
-//! cores. The hypervisor places the two virtual CPUs of this machine
-//! near or far from one another and changes its mind within minutes (a line move of
-//! 21-27 ns in some stretches, 52-64 or about 200 ns in others), and every hand-over
-//! costs line moves, so the tables give the median ratio over all samples, over the
-//! two-core ones, and over those split into near and far, and the range of the
-//! line-move probes.
+//! cores. The hypervisor places the two virtual CPUs of this machine near or far
+//! from one another and changes its mind within minutes (a line move of 21-27 ns in
+//! some stretches, 52-64 or about 200 ns in others), and every hand-over costs line
+//! moves, so the tables give the median ratio over all samples, over the two-core
+//! ones, and over those split into near and far, and the range of the line-move
+//! probes.
 //!
 //! `--align N` asks every object of the workload with alignment N (16, 32, 64 or 128)
 //! instead of 8, in every allocator; with 64 no two objects share a cache
@@ -248,10 +248,8 @@ const GOOD_FLOOR: f64 = 1.9;
 
 /// A line move (`move_ns`) under this many nanoseconds on both sides of a sample: the
 /// host ran the two threads on near cores (a move this cheap suggests a shared
-/// last-level cache; the guest cannot see the topology). On this machine the probe
-/// reads 21-27 ns in some stretches and 52-64 or about 200 ns in others (the
-/// hypervisor places the two virtual CPUs), and the workload's hand-overs cost in
-/// proportion.
+/// last-level cache; the guest cannot see the topology; the module doc gives what
+/// this machine reads).
 const NEAR_MOVE_NS: f64 = 40.0;
 
 /// Round trips of the line-move probe between two samples (a few milliseconds).
@@ -402,10 +400,9 @@ fn line_table(entries: &[Option<Which>], variant: Variant, align: usize, steps: 
     }
 }
 
-/// `--ping`: what one cache line costs to move between the two cores, and how far
-/// the host lets two threads scale at all. The move: two threads take turns writing
-/// one counter, each waiting for the other's value (a chain of dependent moves, so
-/// no overlap; in a workload misses overlap and cost less each).
+/// `--ping`: what one cache line costs to move between the two cores (`move_ns`; in a
+/// workload misses overlap and cost less each), and how far the host lets two
+/// threads scale at all.
 fn line_ping() {
     const TURNS: u64 = 2_000_000;
     let ns = move_ns(TURNS);
@@ -561,9 +558,8 @@ fn main() {
             line_table(&entries, variant, align, steps);
             continue;
         }
-        // Rounds of samples with a probe between two samples (see the module doc): a
-        // sample counts as one where the host gave two full cores when the probes on
-        // both sides of it scaled GOOD_FLOOR or more.
+        // Rounds of samples with a probe between two samples (see the module doc); the
+        // probes on both sides of a sample say what the host gave it (`Host::between`).
         let probe = || Probed {
             scaling: sample(None, Variant::Local, larson::ALIGN, steps).ratio(),
             move_ns: move_ns(PROBE_TURNS),
@@ -613,13 +609,13 @@ fn main() {
                 pick(&|s| s.cross) * 100.0
             );
         }
-        moves.sort_by(f64::total_cmp);
+        // `median` sorts: the ends are the least and the most.
+        let middle = median(&mut moves);
         println!();
         println!(
-            "a line move between the samples ({} probes of {PROBE_TURNS} round trips): {:.1} ns at least, {:.1} median, {:.1} at most",
+            "a line move between the samples ({} probes of {PROBE_TURNS} round trips): {:.1} ns at least, {middle:.1} median, {:.1} at most",
             moves.len(),
             moves[0],
-            median(&mut moves.clone()),
             moves[moves.len() - 1]
         );
     }
